@@ -1,0 +1,399 @@
+"""Typed configs that validate themselves: YAML files plus ``--key=value`` overrides.
+
+Every config is a dataclass. ``from_dict`` rejects unknown keys (naming the key and the
+allowed ones), coerces YAML/CLI strings to the declared type and runs each class's
+``validate``; so a typo in a recipe fails at start-up, not an hour into a run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message names it and what was expected."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic machinery
+# ---------------------------------------------------------------------------------------------
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        if isinstance(value, str):
+            for arg in args:  # CLI overrides arrive as strings; match them to literal ints too
+                if str(arg) == value:
+                    return arg
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in (s.strip() for s in value.split(",")) if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {annotation.__name__} fields, got {value!r}")
+        return from_dict(annotation, value, where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and bad values raise ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!s}; allowed keys{' in ' + where if where else ''}: "
+            + ", ".join(names)
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    obj = cls(**kwargs)
+    _validate_tree(obj, where)
+    return obj
+
+
+def _validate_tree(obj: Any, where: str) -> None:
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ConfigError as e:
+            raise ConfigError(f"{where}.{e}" if where else str(e)) from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["--train.lr=3e-4", "--model.depth=6"]`` -> nested dict of strings, coerced later."""
+    out: dict[str, Any] = {}
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"override {arg!r} must look like --section.key=value")
+        key, value = arg[2:].split("=", 1)
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {arg!r} conflicts with an earlier override")
+        node[parts[-1]] = yaml.safe_load(value) if value else value
+    return out
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# The configs
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class TextConfig:
+    max_len: int = 48
+    positions: Literal["learned", "sinusoidal"] = "learned"
+
+    def validate(self) -> None:
+        _check(self.max_len >= 2, f"max_len: must be >= 2, got {self.max_len}")
+
+
+@dataclass
+class ImageConfig:
+    size: int = 64
+    channels: int = 3
+    patch_size: int = 8
+    # "patch": one linear projection per patch (ViT). "conv": a small convolutional stem
+    # that ends at the same token grid; it learns shapes from few samples much faster.
+    stem: Literal["patch", "conv"] = "conv"
+    positions: Literal["learned", "sinusoidal"] = "learned"
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+    def validate(self) -> None:
+        _check(self.size >= 1, f"size: must be >= 1, got {self.size}")
+        _check(self.patch_size >= 1 and self.size % self.patch_size == 0,
+               f"patch_size: must divide size ({self.size}), got {self.patch_size}")
+        _check(len(self.mean) == self.channels and len(self.std) == self.channels,
+               f"mean/std: need {self.channels} values each")
+        _check(all(s > 0 for s in self.std), f"std: must be > 0, got {self.std}")
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 16000
+    n_mels: int = 80
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    max_seconds: float = 8.0
+    # Frames per audio token after the convolutional subsampling stem (4 -> 40 ms tokens).
+    subsample: Literal[1, 2, 4, 8] = 4
+    positions: Literal["learned", "sinusoidal"] = "sinusoidal"
+
+    def validate(self) -> None:
+        _check(8000 <= self.sample_rate <= 48000, f"sample_rate: must be 8000..48000 Hz, got {self.sample_rate}")
+        _check(8 <= self.n_mels <= 256, f"n_mels: must be 8..256, got {self.n_mels}")
+        _check(0 < self.hop_ms <= self.win_ms, f"hop_ms: must be in (0, win_ms], got {self.hop_ms}")
+        _check(self.max_seconds > 0, f"max_seconds: must be > 0, got {self.max_seconds}")
+
+    @property
+    def max_frames(self) -> int:
+        return int(self.max_seconds * 1000 / self.hop_ms) + 1
+
+
+@dataclass
+class ModelConfig:
+    width: int = 128
+    depth: int = 4                 # fusion layers over all modalities
+    tower_depth: int = 1           # per-modality layers before fusion (used by contrastive)
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    norm: Literal["pre", "post"] = "pre"
+    layer_norm_eps: float = 1e-5
+    activation: Literal["gelu", "gelu_tanh", "relu"] = "gelu"
+    vocab_size: int = 0            # filled from the tokenizer
+    num_answers: int = 0           # filled from the answer vocabulary (QA)
+    modalities: list[str] = field(default_factory=lambda: ["text", "image", "audio"])
+    text: TextConfig = field(default_factory=TextConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+
+    def validate(self) -> None:
+        _check(self.width > 0 and self.heads > 0 and self.width % self.heads == 0,
+               f"width: must be a positive multiple of heads ({self.heads}), got {self.width}")
+        _check(self.depth >= 1, f"depth: must be >= 1, got {self.depth}")
+        _check(self.tower_depth >= 0, f"tower_depth: must be >= 0, got {self.tower_depth}")
+        _check(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1), got {self.dropout}")
+        _check(0.0 <= self.attn_dropout < 1.0, f"attn_dropout: must be in [0, 1), got {self.attn_dropout}")
+        _check(self.mlp_ratio > 0, f"mlp_ratio: must be > 0, got {self.mlp_ratio}")
+        known = {"text", "image", "audio"}
+        bad = [m for m in self.modalities if m not in known]
+        _check(not bad, f"modalities: unknown {bad}; known: {sorted(known)}")
+
+
+@dataclass
+class ObjectiveConfig:
+    mlm: float = 1.0               # weight of masked language modelling
+    mlm_probability: float = 0.15
+    matching: float = 1.0          # cross-modal matching (true vs mismatched pair)
+    hard_negatives: bool = True
+    contrastive: float = 0.5       # symmetric InfoNCE between modality towers
+    masked_patch: float = 0.0      # masked patch modelling (image and audio)
+    masked_patch_probability: float = 0.25
+
+    def validate(self) -> None:
+        for name in ("mlm", "matching", "contrastive", "masked_patch"):
+            _check(getattr(self, name) >= 0, f"{name}: weight must be >= 0, got {getattr(self, name)}")
+        _check(0 < self.mlm_probability < 1, f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
+        _check(0 < self.masked_patch_probability < 1,
+               f"masked_patch_probability: must be in (0, 1), got {self.masked_patch_probability}")
+        _check(self.mlm + self.matching + self.contrastive + self.masked_patch > 0,
+               "objectives: at least one weight must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    workers: int = 2
+    eval_every: int = 250
+    eval_batches: int = 0          # 0: the whole validation split
+    save_every: int = 250
+    log_every: int = 20
+    threads: int = 0               # torch intra-op threads; 0 leaves torch's default
+    progress: bool = True
+
+    def validate(self) -> None:
+        _check(self.steps >= 1, f"steps: must be >= 1, got {self.steps}")
+        _check(self.batch_size >= 1, f"batch_size: must be >= 1, got {self.batch_size}")
+        _check(self.grad_accum >= 1, f"grad_accum: must be >= 1, got {self.grad_accum}")
+        _check(self.lr > 0, f"lr: must be > 0, got {self.lr}")
+        _check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.weight_decay >= 0, f"weight_decay: must be >= 0, got {self.weight_decay}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+               f"betas: need two values in [0, 1), got {self.betas}")
+        _check(self.warmup_steps >= 0, f"warmup_steps: must be >= 0, got {self.warmup_steps}")
+        _check(self.grad_clip >= 0, f"grad_clip: must be >= 0, got {self.grad_clip}")
+        _check(self.workers >= 0, f"workers: must be >= 0, got {self.workers}")
+        _check(self.eval_every >= 1 and self.save_every >= 1 and self.log_every >= 1,
+               "eval_every/save_every/log_every: must be >= 1")
+
+
+@dataclass
+class ShapesConfig:
+    images: int = 10000
+    size: int = 64
+    min_objects: int = 2
+    max_objects: int = 6
+    # "free": objects anywhere (the standard setting); "grid": one object per cell of a
+    # grid aligned with the image patches, the easier setting the quickstart uses.
+    layout: Literal["free", "grid"] = "free"
+    grid: int = 4
+    voices: int = 5
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.images >= 1, f"images: must be >= 1, got {self.images}")
+        _check(self.size >= 16, f"size: must be >= 16 pixels, got {self.size}")
+        _check(1 <= self.min_objects <= self.max_objects <= 6,
+               f"min_objects/max_objects: need 1 <= min <= max <= 6, got {self.min_objects}/{self.max_objects}")
+        if self.layout == "grid":
+            _check(self.grid * self.grid >= self.max_objects,
+                   f"grid: {self.grid}x{self.grid} cells cannot hold {self.max_objects} objects")
+        _check(2 <= self.voices <= 8, f"voices: must be 2..8, got {self.voices}")
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""             # a JSONL manifest; empty: ShapesWorld under shapes_dir
+    shapes_dir: str = "data/shapes"
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    tokenizer: str = ""            # tokenizer.json or vocab.txt; empty: train one
+    vocab_size: int = 1000
+    augment: bool = True           # task-aware: the QA task never flips images
+    spec_augment: bool = True
+
+
+@dataclass
+class RunConfig:
+    """A whole recipe: what the YAML files under configs/ hold."""
+    out_dir: str = "runs/quickstart"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(default_factory=TrainConfig)
+    # Fraction of QA training labels used in fine-tuning (the low-label experiment uses 0.1).
+    label_fraction: float = 1.0
+    # Share of QA training samples asked by voice instead of in text.
+    spoken_fraction: float = 0.5
+
+    def validate(self) -> None:
+        _check(0 < self.label_fraction <= 1, f"label_fraction: must be in (0, 1], got {self.label_fraction}")
+        _check(0 <= self.spoken_fraction <= 1, f"spoken_fraction: must be in [0, 1], got {self.spoken_fraction}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
+                cls: type = RunConfig) -> Any:
+    """Load a YAML recipe (or defaults) and apply ``--key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    if overrides:
+        update = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        data = merge(data, update)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

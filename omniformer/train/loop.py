@@ -1,0 +1,205 @@
+"""The training loop, one for pretraining and every task.
+
+A task model's ``forward(batch)`` returns a dict with a scalar ``loss`` and any other
+scalars to log. ``fit`` runs AdamW with warm-up + cosine decay, gradient accumulation and
+clipping, autocast where the device supports it, periodic evaluation with best-checkpoint
+keeping, atomic checkpoints every ``save_every`` steps, exact ``resume``, TensorBoard logs
+and a progress bar.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..data.batching import BucketBatchSampler
+from . import checkpoint as ckpt
+from .optim import build_optimizer, build_scheduler
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast on GPUs that have it; fp32 on CPU, where autocast costs more than it saves."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@dataclass
+class FitResult:
+    steps: int
+    best_score: float | None
+    best_step: int | None
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    samples_per_second: float = 0.0
+
+
+def _worker_init(worker_id: int) -> None:
+    # Each worker gets its own, reproducible stream for augmentation.
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path, *,
+        collate_fn: Callable, meta: dict[str, Any], tokenizer=None, lengths: list[int] | None = None,
+        evaluate: Callable[[nn.Module], dict[str, float]] | None = None, score_key: str = "score",
+        resume: bool = False, name: str = "train") -> FitResult:
+    """Train ``model`` for ``cfg.steps`` optimizer steps; checkpoints go to ``out_dir/{last,best}``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    model.to(device)
+    optimizer = build_optimizer(model, cfg, device)
+    scheduler = build_scheduler(optimizer, cfg)
+    sampler = BucketBatchSampler(lengths if lengths is not None else [0] * len(train_set),
+                                 cfg.batch_size, shuffle=True, drop_last=len(train_set) >= cfg.batch_size,
+                                 seed=cfg.seed)
+    batches_per_epoch = len(sampler)
+    if batches_per_epoch == 0:
+        raise ValueError(f"{name}: the training set is empty")
+
+    step, best_score, best_step = 0, None, None
+    last_dir, best_dir = out_dir / "last", out_dir / "best"
+    if resume:
+        state = ckpt.read_trainer_state(last_dir)
+        ckpt.load_weights(last_dir, model)
+        ckpt.load_optimizer(last_dir, optimizer)
+        step, best_score, best_step = state["step"], state.get("best_score"), state.get("best_step")
+        # The optimizer state restored each group's lr for this step; the schedule continues from it.
+        scheduler.last_epoch = step
+        ckpt.set_rng_state(state["rng"])
+        if step >= cfg.steps:
+            return FitResult(step, best_score, best_step)
+
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(str(out_dir / "tb"), purge_step=step if resume else None)
+    compiled = torch.compile(model) if cfg.compile else model
+    amp = autocast_context(device, cfg.precision)
+
+    def trainer_state() -> dict[str, Any]:
+        return {"step": step, "best_score": best_score, "best_step": best_step, "name": name}
+
+    def save(path: Path, with_optimizer: bool) -> None:
+        ckpt.save_checkpoint(path, model, meta, tokenizer, optimizer if with_optimizer else None,
+                             trainer_state() if with_optimizer else None)
+
+    def batches_from(position: int):
+        """Batches from micro-batch ``position`` on; the order depends only on seed and epoch."""
+        epoch, skip = divmod(position, batches_per_epoch)
+        while True:
+            sampler.epoch = epoch
+            order = list(sampler)[skip:]
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            loader = DataLoader(train_set, batch_sampler=order, collate_fn=collate_fn, num_workers=cfg.workers,
+                                generator=gen, worker_init_fn=_worker_init, pin_memory=device.type == "cuda")
+            yield from loader
+            epoch, skip = epoch + 1, 0
+
+    batches = batches_from(step * cfg.grad_accum)
+    sums: dict[str, float] = {}
+    counted, samples_seen, t_start, t_window = 0, 0, time.perf_counter(), time.perf_counter()
+    samples_window = 0
+    bar = tqdm(total=cfg.steps, initial=step, desc=name, disable=not cfg.progress, dynamic_ncols=True,
+               unit="step", leave=True)
+    metrics: dict[str, float] = {}
+    try:
+        while step < cfg.steps:
+            model.train()
+            for _ in range(cfg.grad_accum):
+                batch = move_to(next(batches), device)
+                with amp:
+                    out = compiled(batch)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{name}: loss became {loss.item()} at step {step}; "
+                                             "lower train.lr or check the data")
+                (loss / cfg.grad_accum).backward()
+                for k, v in out.items():
+                    if isinstance(v, torch.Tensor) and v.ndim == 0:
+                        sums[k] = sums.get(k, 0.0) + float(v.detach())
+                counted += 1
+                n = len(batch["index"])
+                samples_seen += n
+                samples_window += n
+            if cfg.grad_clip:
+                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * cfg.grad_accum
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                rate = samples_window / max(now - t_window, 1e-9)
+                means = {k: v / counted for k, v in sums.items()}
+                for k, v in means.items():
+                    writer.add_scalar(f"{name}/{k}", v, step)
+                writer.add_scalar(f"{name}/lr", scheduler.get_last_lr()[0], step)
+                writer.add_scalar(f"{name}/samples_per_second", rate, step)
+                bar.set_postfix(loss=f"{means.get('loss', float('nan')):.3f}", samples_s=f"{rate:.0f}")
+                sums, counted, samples_window, t_window = {}, 0, 0, now
+
+            if evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                metrics = evaluate(model)
+                for k, v in metrics.items():
+                    if isinstance(v, (int, float)) and math.isfinite(v):
+                        writer.add_scalar(f"{name}_eval/{k}", v, step)
+                score = metrics.get(score_key)
+                if score is not None and (best_score is None or score > best_score):
+                    best_score, best_step = float(score), step
+                    save(best_dir, with_optimizer=False)
+                bar.write(f"[{name}] step {step}: " + ", ".join(
+                    f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                save(last_dir, with_optimizer=True)
+    except KeyboardInterrupt:
+        bar.write(f"[{name}] interrupted at step {step}: saving {last_dir} so that --resume continues here")
+        save(last_dir, with_optimizer=True)
+        raise
+    finally:
+        bar.close()
+        writer.close()
+    if best_score is None:  # no evaluation: the last weights are the best we know
+        save(best_dir, with_optimizer=False)
+    elapsed = time.perf_counter() - t_start
+    return FitResult(step, best_score, best_step, metrics, elapsed, samples_seen / max(elapsed, 1e-9))

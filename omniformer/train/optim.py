@@ -1,0 +1,46 @@
+"""AdamW with the usual weight-decay exclusions, and linear warm-up into cosine decay."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices of Linear/Conv layers only: not biases, norms, embeddings or learned tokens.
+
+    Decaying embeddings and layer-norm gains pulls them towards zero for no benefit; the
+    rule "decay parameters with ≥ 2 dims that are not embeddings" is what BERT and GPT use.
+    """
+    decay, no_decay = [], []
+    embedding_params = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim >= 2 and id(p) not in embedding_params and "position" not in name and "token" not in name:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8)
+    if device.type == "cuda":
+        kwargs["fused"] = True  # one kernel for the whole update instead of one per tensor
+    return torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), **kwargs)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at ``cfg.steps``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
