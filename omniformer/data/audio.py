@@ -1,0 +1,263 @@
+"""Audio in: decode, mix to mono, resample, then log-mel features and SpecAugment.
+
+Decoding is soundfile (WAV, FLAC, OGG), resampling is soxr. The mel filter bank is the
+Slaney one that librosa and transformers use by default, implemented here so the package needs
+neither; the tests check it against both.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from ..config import AudioConfig
+
+
+class AudioError(ValueError):
+    """Audio cannot be used; the message names the file (or ``<bytes>``) and the problem."""
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def load_audio(source: str | Path | bytes, sample_rate: int = 16000, max_seconds: float | None = None,
+               truncate: bool = True) -> np.ndarray:
+    """Decode ``source`` to a mono float32 waveform at ``sample_rate``, values in [-1, 1].
+
+    Channels are averaged; a different file rate is resampled with soxr (HQ). With
+    ``max_seconds``, longer audio is cut to that length (``truncate=True``) or rejected.
+    Empty audio and NaN/inf samples raise AudioError; silence is valid and returned as is.
+    """
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    if not isinstance(source, (bytes, bytearray)) and not Path(source).is_file():
+        raise AudioError(f"{name}: file does not exist")
+    try:
+        with sf.SoundFile(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)) as f:
+            file_rate, frames = f.samplerate, f.frames
+            if max_seconds is not None and frames > max_seconds * file_rate:
+                if not truncate:
+                    raise AudioError(f"{name}: audio is {frames / file_rate:.2f} s long, "
+                                     f"more than max_seconds={max_seconds}")
+                frames = int(max_seconds * file_rate)  # read only what is kept
+            data = f.read(frames, dtype="float32", always_2d=True)
+    except AudioError:
+        raise
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError on junk
+        raise AudioError(f"{name}: not decodable audio (WAV, FLAC or OGG expected): {e}") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{name}: audio is empty (0 samples)")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{name}: audio contains NaN or infinite samples")
+    wave = data.mean(axis=1)
+    peak = float(np.abs(wave).max())
+    if peak > 1.0:  # float files may exceed full scale; scale down rather than clip the shape
+        wave = wave / peak
+    if file_rate != sample_rate:
+        wave = soxr.resample(wave, file_rate, sample_rate, quality="HQ")
+        wave = np.clip(wave, -1.0, 1.0)  # the resampler can overshoot slightly near full scale
+        if max_seconds is not None:
+            wave = wave[: int(max_seconds * sample_rate)]
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def write_audio(path: str | Path, waveform: np.ndarray, sample_rate: int) -> None:
+    """Write a waveform (samples,) or (samples, channels); the format follows the suffix.
+
+    .wav and .flac are 16-bit PCM, .ogg is Vorbis. Values are clipped to [-1, 1] first,
+    because PCM conversion of out-of-range floats would wrap around.
+    """
+    path = Path(path)
+    formats = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
+    suffix = path.suffix.lower()
+    if suffix not in formats:
+        raise AudioError(f"{path}: unsupported audio suffix {path.suffix!r}; use one of {', '.join(formats)}")
+    fmt, subtype = formats[suffix]
+    wave = np.clip(np.asarray(waveform, dtype=np.float32), -1.0, 1.0)
+    sf.write(str(path), wave, sample_rate, format=fmt, subtype=subtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Features
+# ---------------------------------------------------------------------------------------------
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney mel scale: linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    mel = 3.0 * hz / 200.0
+    log_region = hz >= 1000.0
+    return np.where(log_region, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) * 27.0 / math.log(6.4), mel)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    hz = 200.0 * mel / 3.0
+    return np.where(mel >= 15.0, 1000.0 * np.exp(math.log(6.4) / 27.0 * (mel - 15.0)), hz)
+
+
+def mel_filter_bank(num_frequency_bins: int, num_mel_filters: int, sample_rate: int,
+                    min_frequency: float = 0.0, max_frequency: float | None = None) -> torch.Tensor:
+    """Triangular mel filters, shape (num_frequency_bins, num_mel_filters).
+
+    Slaney mel scale and Slaney area normalisation (each filter integrates to the same
+    energy), as ``librosa.filters.mel(..., htk=False, norm="slaney").T``.
+    """
+    max_frequency = sample_rate / 2 if max_frequency is None else max_frequency
+    if not 0 <= min_frequency < max_frequency <= sample_rate / 2:
+        raise ValueError(f"need 0 <= min_frequency < max_frequency <= sample_rate/2 ({sample_rate / 2}), "
+                         f"got {min_frequency} and {max_frequency}")
+    fft_freqs = np.linspace(0, sample_rate / 2, num_frequency_bins)
+    mel_points = np.linspace(_hz_to_mel(min_frequency), _hz_to_mel(max_frequency), num_mel_filters + 2)
+    edges = _mel_to_hz(mel_points)  # left edge, centre, right edge of every filter
+    widths = np.diff(edges)
+    slopes = edges[:, None] - fft_freqs[None, :]
+    rising = -slopes[:-2] / widths[:-1, None]
+    falling = slopes[2:] / widths[1:, None]
+    filters = np.maximum(0.0, np.minimum(rising, falling))
+    filters *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return torch.from_numpy(filters.T.astype(np.float32))
+
+
+class LogMel(torch.nn.Module):
+    """Waveform -> log-mel spectrogram, optionally normalised per utterance.
+
+    n_fft is the next power of two at or above the window; the window is a periodic Hann of
+    the window length; frames are centred (``num_samples // hop + 1`` of them). Normalisation
+    uses the mean and std over the whole utterance, so in a batch all rows should be real
+    audio of one length (pad after, not before, computing features).
+    """
+
+    def __init__(self, sample_rate: int = 16000, n_mels: int = 80, win_ms: float = 25.0, hop_ms: float = 10.0,
+                 normalize: bool = True):
+        super().__init__()
+        self.sample_rate, self.n_mels, self.normalize = sample_rate, n_mels, normalize
+        self.win_length = round(sample_rate * win_ms / 1000)
+        self.hop = max(1, round(sample_rate * hop_ms / 1000))
+        self.n_fft = 1 << (self.win_length - 1).bit_length()
+        # Not persistent: constants derived from the arguments, so checkpoints stay small and
+        # load regardless of how features were configured.
+        self.register_buffer("window", torch.hann_window(self.win_length, periodic=True), persistent=False)
+        self.register_buffer("mel", mel_filter_bank(self.n_fft // 2 + 1, n_mels, sample_rate), persistent=False)
+
+    @staticmethod
+    def num_frames(num_samples: int, hop: int) -> int:
+        return num_samples // hop + 1
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        single = waveform.dim() == 1
+        x = waveform.unsqueeze(0) if single else waveform
+        # Zero padding at the edges (not reflect): works for clips shorter than half a window.
+        spec = torch.stft(x.float(), self.n_fft, hop_length=self.hop, win_length=self.win_length,
+                          window=self.window, center=True, pad_mode="constant", return_complex=True)
+        power = spec.real.square() + spec.imag.square()
+        feats = torch.log(torch.clamp(self.mel.T @ power, min=1e-10))
+        if self.normalize:
+            # Statistics in float64: for silence (every value log(1e-10)) float32 rounding would
+            # leave a std of ~1e-6 and blow the rounding error up; here it gives zeros, not NaN.
+            stats = feats.double()
+            mean = stats.mean(dim=(1, 2), keepdim=True)
+            std = stats.std(dim=(1, 2), keepdim=True, unbiased=False).clamp(min=1e-3)
+            feats = ((stats - mean) / std).float()
+        return feats[0] if single else feats
+
+
+class SpecAugment:
+    """Random frequency and time masks on (n_mels, frames) features, filled with 0.
+
+    0 is the mean of normalised features, so masks remove information without adding a signal.
+    Each frequency mask is 0..freq_width bins wide; each time mask 0..time_width_ratio*frames.
+    """
+
+    def __init__(self, freq_masks: int = 2, freq_width: int = 12, time_masks: int = 2,
+                 time_width_ratio: float = 0.05, seed: int | None = None):
+        self.freq_masks, self.freq_width = freq_masks, freq_width
+        self.time_masks, self.time_width_ratio = time_masks, time_width_ratio
+        self.rng = np.random.default_rng(seed)
+
+    def _mask(self, out: torch.Tensor, dim: int, count: int, max_width: int) -> None:
+        size = out.shape[dim]
+        for _ in range(count):
+            width = int(self.rng.integers(0, min(max_width, size) + 1))
+            start = int(self.rng.integers(0, size - width + 1))
+            out.narrow(dim, start, width).zero_()
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        out = features.clone()
+        self._mask(out, 0, self.freq_masks, self.freq_width)
+        self._mask(out, 1, self.time_masks, int(self.time_width_ratio * out.shape[1]))
+        return out
+
+
+class AudioPreprocessor:
+    """Audio file, bytes or waveform -> normalised log-mel features (n_mels, frames).
+
+    Audio is truncated to ``cfg.max_seconds`` so frames never exceed ``cfg.max_frames``.
+    A NumPy waveform must be mono and already at ``cfg.sample_rate``. ``augment`` adds SpecAugment.
+    """
+
+    def __init__(self, cfg: AudioConfig, augment: bool = False, seed: int | None = None):
+        self.cfg, self.augment = cfg, augment
+        self.features = LogMel(cfg.sample_rate, cfg.n_mels, cfg.win_ms, cfg.hop_ms)
+        self.spec_augment = SpecAugment(seed=seed) if augment else None
+
+    def __call__(self, source: str | Path | bytes | np.ndarray) -> torch.Tensor:
+        cfg = self.cfg
+        if isinstance(source, np.ndarray):
+            if source.ndim != 1 or source.size == 0:
+                raise AudioError(f"<array>: expected a non-empty mono waveform (samples,), got shape {source.shape}")
+            if not np.isfinite(source).all():
+                raise AudioError("<array>: waveform contains NaN or infinite samples")
+            wave = source[: int(cfg.max_seconds * cfg.sample_rate)].astype(np.float32)
+        else:
+            wave = load_audio(source, cfg.sample_rate, max_seconds=cfg.max_seconds, truncate=True)
+        with torch.no_grad():
+            feats = self.features(torch.from_numpy(wave))[:, : cfg.max_frames]
+        return self.spec_augment(feats) if self.spec_augment is not None else feats
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifests for folders of recordings
+# ---------------------------------------------------------------------------------------------
+
+_FSDD_NAME = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)$")  # {digit}_{speaker}_{index}
+
+
+def audio_folder_manifest(folder: str | Path, out_path: str | Path, label_from: str = "digit") -> int:
+    """Write a JSON-Lines manifest for every WAV/FLAC/OGG file under ``folder``; returns the count.
+
+    ``label_from="digit"`` reads Free Spoken Digit Dataset names ``{digit}_{speaker}_{index}``:
+    label is the digit, recordings 0-4 of each speaker and digit are the test split (the
+    dataset's official split), the speaker goes to meta. ``label_from="folder"`` labels a file
+    with its parent folder's name. Files without a label get no label field and split "train".
+    """
+    if label_from not in ("digit", "folder"):
+        raise ValueError(f"label_from: must be 'digit' or 'folder', got {label_from!r}")
+    folder, out_path = Path(folder), Path(out_path)
+    if not folder.is_dir():
+        raise AudioError(f"{folder}: folder does not exist")
+    files = sorted((p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()),
+                   key=lambda p: p.relative_to(folder).as_posix())
+    lines = []
+    for path in files:
+        rel_to_folder = path.relative_to(folder).with_suffix("").as_posix()
+        sample: dict = {"id": rel_to_folder,
+                        "audio": Path(os.path.relpath(path, out_path.parent)).as_posix()}
+        match = _FSDD_NAME.match(path.stem)
+        if label_from == "digit" and match:
+            digit, speaker, index = match.groups()
+            sample.update(label=digit, split="test" if int(index) < 5 else "train", meta={"speaker": speaker})
+        elif label_from == "folder" and path.parent != folder:
+            sample.update(label=path.parent.name, split="train")
+        else:
+            sample["split"] = "train"
+        lines.append(json.dumps(sample, ensure_ascii=False, separators=(",", ":")) + "\n")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text("".join(lines), encoding="utf-8")
+    return len(lines)

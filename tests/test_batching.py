@@ -1,0 +1,52 @@
+import random
+
+import torch
+
+from omniformer.data.batching import IGNORE, BucketBatchSampler, MultimodalDataset, collate, padding_fraction
+
+
+def test_collate_mixed_missing_and_variable_modalities():
+    items = [
+        {"index": 0, "text": torch.tensor([2, 5, 6, 3]), "image": torch.ones(3, 4, 4), "answer": 1},
+        {"index": 1, "audio": torch.ones(8, 10)},
+        {"index": 2, "text": torch.tensor([2, 3]), "audio": torch.full((8, 4), 2.0), "image": torch.zeros(3, 4, 4)},
+    ]
+    b = collate(items, pad_id=0)
+    assert b["text"].shape == (3, 4) and b["text_mask"].tolist() == [[1, 1, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0]]
+    assert b["text"][2].tolist() == [2, 3, 0, 0]
+    assert b["image"].shape == (3, 3, 4, 4) and b["image_mask"].tolist() == [True, False, True]
+    assert b["audio"].shape == (3, 8, 10)
+    assert b["audio_mask"].sum(1).tolist() == [0, 10, 4]
+    assert (b["audio"][2, :, 4:] == 0).all() and (b["audio"][2, :, :4] == 2).all()
+    assert b["answer"].tolist() == [1, IGNORE, IGNORE]
+    assert b["index"].tolist() == [0, 1, 2]
+
+
+def test_collate_leaves_out_absent_modalities():
+    b = collate([{"index": 0, "text": torch.tensor([2, 3])}])
+    assert set(b) == {"index", "text", "text_mask"}
+
+
+def test_bucketing_reduces_padding_and_covers_every_sample():
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 300) for _ in range(2000)]
+    bucketed = list(BucketBatchSampler(lengths, 32, shuffle=True, seed=1))
+    plain = [list(range(i, min(i + 32, 2000))) for i in range(0, 2000, 32)]
+    assert sorted(i for b in bucketed for i in b) == list(range(2000))
+    assert padding_fraction(bucketed, lengths) < 0.25 * padding_fraction(plain, lengths)
+    again = BucketBatchSampler(lengths, 32, shuffle=True, seed=1)
+    assert list(again) == bucketed  # the same order for a seed and epoch
+    assert list(again) != bucketed  # and a new one next epoch
+
+
+def test_dataset_views_text_and_audio(tmp_path):
+    from omniformer.data.text import Tokenizer
+    samples = [{"id": "q", "question": "what shape is it?", "question_audio": "q.wav", "answer": "circle"}]
+    tok = Tokenizer.train(["what shape is it?"], vocab_size=50)
+    fake_audio = lambda path: torch.zeros(8, 5)
+    both = MultimodalDataset(tmp_path / "m.jsonl", samples, tokenizer=tok, audio=fake_audio, text_field="question",
+                             audio_field="question_audio", answers=["circle", "square"], modes="both")[0]
+    assert "text" in both and both["audio"].shape == (8, 5) and both["answer"] == 0
+    spoken = MultimodalDataset(tmp_path / "m.jsonl", samples, tokenizer=tok, audio=fake_audio, text_field="question",
+                               audio_field="question_audio", answers=["circle", "square"], modes="audio")[0]
+    assert "text" not in spoken and "audio" in spoken

@@ -1,0 +1,131 @@
+"""The shared training loop and checkpoints, on a toy task so they are tested on their own."""
+import os
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from omniformer.config import TrainConfig
+from omniformer.data.batching import collate
+from omniformer.train import checkpoint as ckpt
+from omniformer.train.loop import fit
+
+
+class Toy(Dataset):
+    def __init__(self, n=96):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 3, 2, 2, generator=g)
+        self.y = (self.x.sum((1, 2, 3)) > 0).long()
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"index": i, "image": self.x[i], "answer": int(self.y[i])}
+
+
+class ToyModel(nn.Module):
+    def __init__(self, fail_at=None):
+        super().__init__()
+        torch.manual_seed(0)  # the same initial weights in every run being compared
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.LayerNorm(16), nn.GELU(), nn.Dropout(0.2),
+                                 nn.Linear(16, 2))
+        self.losses, self.fail_at = [], fail_at
+
+    def forward(self, batch):
+        if self.fail_at is not None and len(self.losses) == self.fail_at:
+            raise RuntimeError("simulated crash")
+        logits = self.net(batch["image"])
+        loss = nn.functional.cross_entropy(logits, batch["answer"])
+        self.losses.append(loss.item())
+        return {"loss": loss, "accuracy": (logits.argmax(-1) == batch["answer"]).float().mean()}
+
+
+def cfg(**kw):
+    base = dict(steps=12, batch_size=16, lr=3e-2, warmup_steps=2, workers=0, save_every=4, eval_every=6,
+                log_every=2, progress=False, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_learns_and_keeps_best(tmp_path):
+    model = ToyModel()
+    data = Toy()
+
+    def evaluate(m):
+        m.eval()
+        with torch.no_grad():
+            out = m(collate([data[i] for i in range(len(data))]))
+        return {"score": float(out["accuracy"])}
+
+    result = fit(model, data, cfg(steps=60), tmp_path, collate_fn=collate, meta={"task": "toy"}, evaluate=evaluate)
+    assert result.steps == 60
+    assert result.best_score > 0.9
+    assert sum(model.losses[-10:]) / 10 < 0.6 * sum(model.losses[:10]) / 10
+    assert (tmp_path / "best" / ckpt.WEIGHTS).is_file() and (tmp_path / "last" / ckpt.OPTIMIZER).is_file()
+    assert list((tmp_path / "tb").iterdir())
+
+
+def test_resume_gives_identical_next_steps(tmp_path):
+    straight = ToyModel()
+    fit(straight, Toy(), cfg(), tmp_path / "a", collate_fn=collate, meta={})
+    crashed = ToyModel(fail_at=6)  # dies during step 7, after the step-4 checkpoint
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(crashed, Toy(), cfg(), tmp_path / "b", collate_fn=collate, meta={})
+    resumed = ToyModel()
+    fit(resumed, Toy(), cfg(), tmp_path / "b", collate_fn=collate, meta={}, resume=True)
+    assert resumed.losses == pytest.approx(straight.losses[4:], abs=1e-6)
+    assert resumed.losses[0] == straight.losses[4]  # the very next step, bit for bit
+
+
+def test_kill_mid_checkpoint_keeps_previous(tmp_path, monkeypatch):
+    model = ToyModel()
+    first = ckpt.save_checkpoint(tmp_path / "last", model, {"step": 1})
+    before = ckpt.load_weights(first, ToyModel())
+    with torch.no_grad():
+        model.net[1].weight.add_(1.0)
+
+    real_replace = os.replace
+    calls = []
+
+    def dying_replace(src, dst):  # the process dies between moving the old folder away and the new one in
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path / "last", model, {"step": 2})
+    monkeypatch.setattr(os, "replace", real_replace)
+    found = ckpt.find_checkpoint(tmp_path / "last")
+    restored = ToyModel()
+    ckpt.load_weights(found, restored)
+    assert ckpt.read_meta(found) == {"step": 1}
+    assert before == [] and torch.equal(restored.net[1].weight, ToyModel().net[1].weight * 0 + restored.net[1].weight)
+
+
+def test_full_disk_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    model = ToyModel()
+    ckpt.save_checkpoint(tmp_path / "last", model, {"step": 1})
+    import omniformer.train.checkpoint as module
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, "save_file", full)
+    with pytest.raises(ckpt.CheckpointError, match="No space left"):
+        ckpt.save_checkpoint(tmp_path / "last", model, {"step": 2})
+    assert ckpt.read_meta(tmp_path / "last") == {"step": 1}
+    assert not (tmp_path / "last.tmp").exists()
+
+
+def test_load_rejects_wrong_shapes_with_tensor_name(tmp_path):
+    ckpt.save_checkpoint(tmp_path / "c", ToyModel(), {})
+    other = ToyModel()
+    other.net[5] = nn.Linear(16, 3)
+    with pytest.raises(ckpt.CheckpointError, match=r"net\.5\.(weight|bias)"):
+        ckpt.load_weights(tmp_path / "c", other)
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
+        ckpt.load_weights(tmp_path / "nothing", other)
