@@ -1,0 +1,192 @@
+"""Per-modality embedders: batch entries -> ``(tokens (B, N, width), mask (B, N))``.
+
+Every embedder adds a learned modality-type embedding, applies LayerNorm and dropout, and
+accepts ``token_mask (B, N)``: True tokens are replaced by a learned [MASK] embedding before
+positions are added (masked patch modelling). Image and audio embedders also expose
+``patchify(batch) -> (B, N, patch_dim)``, the regression targets of those tokens.
+
+Adding a modality is one class and one registry line::
+
+    class DepthEmbedder(Embedder):
+        modality = "depth"
+        def __init__(self, cfg): super().__init__(cfg); self.proj = ...
+        def forward(self, batch, token_mask=None):
+            x, mask = self.proj(batch["depth"]), batch["depth_mask"]
+            return self.finish(self.apply_token_mask(x, token_mask), mask)
+
+    ENCODERS["depth"] = DepthEmbedder
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import LayerNorm, LearnedPositions, SinusoidalPositions, sinusoidal_positions_2d
+
+Batch = dict[str, Tensor]
+
+
+class Embedder(nn.Module):
+    """Shared parts: type embedding, [MASK] embedding, positions, LayerNorm, dropout."""
+
+    modality: str = ""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.width = cfg.width
+        self.type_embedding = nn.Parameter(torch.randn(cfg.width) * 0.02)
+        self.mask_embedding = nn.Parameter(torch.randn(cfg.width) * 0.02)
+        self.positions: nn.Module = nn.Identity()
+        self.ln = LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def apply_token_mask(self, x: Tensor, token_mask: Tensor | None) -> Tensor:
+        if token_mask is None:
+            return x
+        return torch.where(token_mask[..., None], self.mask_embedding.to(x.dtype), x)
+
+    def finish(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Positions + type embedding, LayerNorm, dropout."""
+        x = self.positions(x) + self.type_embedding
+        return self.drop(self.ln(x)), mask.bool()
+
+
+class TextEmbedder(Embedder):
+    """Token ids -> word embedding (+ [MASK] replacement) + positions + type."""
+
+    modality = "text"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set (from the tokenizer) before building the text embedder")
+        self.token = nn.Embedding(cfg.vocab_size, cfg.width, padding_idx=0)
+        n = cfg.text.max_len
+        self.positions = LearnedPositions(n, cfg.width) if cfg.text.positions == "learned" else SinusoidalPositions(n, cfg.width)
+
+    def forward(self, batch: Batch, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        ids = batch["text"]
+        mask = batch.get("text_mask")
+        mask = ids != 0 if mask is None else mask
+        return self.finish(self.apply_token_mask(self.token(ids), token_mask), mask)
+
+
+def _conv_stem(channels: int, width: int, patch: int) -> nn.Sequential:
+    """3x3 stride-2 convs (GELU between) doubling channels up to ``width``, then a 1x1 projection.
+
+    Ends on the same (size/patch)^2 grid as the ViT patch stem; an odd leftover factor of
+    ``patch`` becomes one kernel=stride convolution.
+    """
+    halvings, rest = 0, patch
+    while rest % 2 == 0:
+        halvings, rest = halvings + 1, rest // 2
+    layers: list[nn.Module] = []
+    ch = channels
+    for i in range(1, halvings + 1):
+        out = max(width // 2 ** (halvings - i), 8)
+        layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1), nn.GELU()]
+        ch = out
+    if rest > 1:
+        layers += [nn.Conv2d(ch, width, rest, stride=rest), nn.GELU()]
+        ch = width
+    if not layers:  # patch_size 1: still one 3x3 layer of spatial context
+        layers += [nn.Conv2d(ch, width, 3, padding=1), nn.GELU()]
+        ch = width
+    layers.append(nn.Conv2d(ch, width, 1))
+    return nn.Sequential(*layers)
+
+
+class ImageEmbedder(Embedder):
+    """Image (B, C, H, W) -> (size/p)^2 patch tokens; mask = image_mask on every patch."""
+
+    modality = "image"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        c = cfg.image
+        self.patch, self.channels, self.grid = c.patch_size, c.channels, c.size // c.patch_size
+        if c.stem == "patch":
+            self.stem = nn.Conv2d(c.channels, cfg.width, c.patch_size, stride=c.patch_size)
+        else:
+            self.stem = _conv_stem(c.channels, cfg.width, c.patch_size)
+        n = self.grid * self.grid
+        self.patch_dim = c.patch_size * c.patch_size * c.channels  # width of patchify's targets
+        if c.positions == "learned":
+            self.positions = LearnedPositions(n, cfg.width)
+        else:
+            self.positions = SinusoidalPositions(n, cfg.width, sinusoidal_positions_2d(self.grid, self.grid, cfg.width))
+
+    def _check(self, image: Tensor) -> None:
+        H, W = image.shape[-2:]
+        if H != self.grid * self.patch or W != self.grid * self.patch:
+            raise ValueError(f"image is {H}x{W}; the model was built for {self.grid * self.patch} pixels square")
+
+    def forward(self, batch: Batch, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        image = batch["image"]
+        self._check(image)
+        x = self.stem(image).flatten(2).transpose(1, 2)  # (B, N, W), patches in row-major order
+        present = batch.get("image_mask")
+        present = torch.ones(image.size(0), dtype=torch.bool, device=image.device) if present is None else present
+        mask = present.bool()[:, None].expand(-1, x.size(1))
+        return self.finish(self.apply_token_mask(x, token_mask), mask)
+
+    def patchify(self, batch: Batch) -> Tensor:
+        """(B, N, p*p*C): the pixels of each patch, (row, col, channel) order as in MAE."""
+        image = batch["image"]
+        self._check(image)
+        B, C, p, g = image.size(0), self.channels, self.patch, self.grid
+        x = image.reshape(B, C, g, p, g, p).permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, p, p, C)
+        return x.reshape(B, g * g, p * p * C)
+
+
+class AudioEmbedder(Embedder):
+    """Log-mel (B, n_mels, T) -> ceil(T/s) tokens through stride-2 Conv1d layers (s = cfg.audio.subsample).
+
+    Token j starts at frame j*s and is valid iff that frame is. Invalid frames are zeroed before
+    each convolution, so padding values and padding length never change a valid token.
+    """
+
+    modality = "audio"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        a = cfg.audio
+        self.subsample, self.n_mels = int(a.subsample), a.n_mels
+        self.patch_dim = self.subsample * self.n_mels  # width of patchify's targets
+        steps = self.subsample.bit_length() - 1  # 1, 2, 4, 8 -> 0, 1, 2, 3 halvings
+        convs, ch = [], a.n_mels
+        for _ in range(max(steps, 1)):
+            convs.append(nn.Conv1d(ch, cfg.width, 3, stride=2 if steps else 1, padding=1))
+            ch = cfg.width
+        self.convs = nn.ModuleList(convs)
+        self.act = nn.GELU()
+        self.proj = nn.Linear(cfg.width, cfg.width)
+        n = a.max_frames // self.subsample + 1
+        self.positions = LearnedPositions(n, cfg.width) if a.positions == "learned" else SinusoidalPositions(n, cfg.width)
+
+    def forward(self, batch: Batch, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = batch["audio"]
+        mask = batch.get("audio_mask")
+        mask = torch.ones(x.size(0), x.size(-1), dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+        for conv in self.convs:
+            x = x * mask[:, None, :].to(x.dtype)
+            x = self.act(conv(x))
+            mask = mask[:, :: conv.stride[0]]
+        x = self.proj(x.transpose(1, 2))  # (B, N, W)
+        return self.finish(self.apply_token_mask(x, token_mask), mask)
+
+    def token_mask_from_frames(self, frame_mask: Tensor) -> Tensor:
+        """(B, T) frame validity -> (B, ceil(T/s)) token validity."""
+        return frame_mask.bool()[:, :: self.subsample]
+
+    def patchify(self, batch: Batch) -> Tensor:
+        """(B, N, s*n_mels): the s mel frames of each token (zero-padded at the end), frame-major."""
+        x = batch["audio"]
+        s, T = self.subsample, x.size(-1)
+        n = -(-T // s)
+        x = F.pad(x, (0, n * s - T))
+        return x.reshape(x.size(0), self.n_mels, n, s).permute(0, 2, 3, 1).reshape(x.size(0), n, s * self.n_mels)
+
+
+ENCODERS: dict[str, type[Embedder]] = {"text": TextEmbedder, "image": ImageEmbedder, "audio": AudioEmbedder}

@@ -1,0 +1,92 @@
+"""The Omniformer backbone: per-modality embedders and towers, then one single-stream fusion encoder.
+
+    batch --embedders--> tokens --towers (tower_depth)--> unimodal --[CLS] + concat--> fusion (depth)
+
+The towers see one modality at a time (their pooled outputs feed contrastive alignment); the
+fusion encoder attends across every modality present. Missing modalities are handled at two
+levels: a key absent from the batch is skipped entirely, and a sample without a modality has an
+all-False mask row for it, so its tokens are invisible to every other token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .encoders import ENCODERS
+from .transformer import Encoder, block_kwargs
+
+
+@dataclass
+class FusionOutput:
+    hidden: Tensor                              # (B, 1+N, width); position 0 is [CLS]; invalid tokens zeroed
+    mask: Tensor                                # (B, 1+N) True = real token; [CLS] always True
+    cls: Tensor                                 # (B, width) = hidden[:, 0]
+    spans: dict[str, slice]                     # where each modality's tokens sit in ``hidden``
+    unimodal: dict[str, tuple[Tensor, Tensor]]  # tower outputs (B, N_m, width) and masks (B, N_m)
+
+
+def _init_weights(module: nn.Module) -> None:
+    # nanoGPT/BERT initialisation: N(0, 0.02) for projections and embeddings, zero biases.
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+
+
+class Omniformer(nn.Module):
+    """Multimodal Transformer backbone built from a ModelConfig."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.modalities = list(cfg.modalities)
+        self.embedders = nn.ModuleDict({m: ENCODERS[m](cfg) for m in self.modalities})
+        self.towers = nn.ModuleDict({m: Encoder(cfg.tower_depth, **block_kwargs(cfg)) for m in self.modalities})
+        self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.width) * 0.02)
+        self.fusion = Encoder(cfg.depth, **block_kwargs(cfg))
+        self.apply(_init_weights)
+
+    def present(self, batch: dict, modalities: list[str] | None = None) -> list[str]:
+        """The configured modalities that are in the batch (and in ``modalities`` if given), in config order."""
+        return [m for m in self.modalities if m in batch and (modalities is None or m in modalities)]
+
+    def encode_unimodal(self, batch: dict, modality: str, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Embed one modality and run its tower: (tokens (B, N, width), mask (B, N)); invalid tokens zeroed."""
+        tokens, mask = self.embedders[modality](batch, token_mask=token_mask)
+        tokens = self.towers[modality](tokens, mask)
+        return tokens * mask[..., None].to(tokens.dtype), mask
+
+    def forward(self, batch: dict, token_masks: dict[str, Tensor] | None = None,
+                modalities: list[str] | None = None) -> FusionOutput:
+        token_masks = token_masks or {}
+        present = self.present(batch, modalities)
+        if not present:
+            raise ValueError(f"batch holds none of the modalities {modalities or self.modalities}; keys: {sorted(batch)}")
+        unimodal = {m: self.encode_unimodal(batch, m, token_masks.get(m)) for m in present}
+        B = next(iter(unimodal.values()))[0].size(0)
+        cls = self.cls_token.expand(B, -1, -1)
+        parts, masks, spans, start = [cls], [torch.ones(B, 1, dtype=torch.bool, device=cls.device)], {}, 1
+        for m in present:
+            tokens, mask = unimodal[m]
+            parts.append(tokens.to(cls.dtype))
+            masks.append(mask)
+            spans[m] = slice(start, start + tokens.size(1))
+            start += tokens.size(1)
+        x, mask = torch.cat(parts, dim=1), torch.cat(masks, dim=1)
+        hidden = self.fusion(x, mask) * mask[..., None].to(x.dtype)
+        return FusionOutput(hidden=hidden, mask=mask, cls=hidden[:, 0], spans=spans, unimodal=unimodal)
+
+    @staticmethod
+    def pool(tokens: Tensor, mask: Tensor) -> Tensor:
+        """Masked mean over tokens; rows without a valid token give zeros (never NaN)."""
+        weights = mask.to(tokens.dtype)[..., None]
+        return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,109 @@
+"""Transformer blocks and stacks: a bidirectional Encoder and a causal, cross-attending Decoder.
+
+Weight names are kept plain (``attn.qkv``, ``attn.proj``, ``ln1``, ``ln2``, ``mlp.fc1``,
+``mlp.fc2``) so that mapping them to and from Hugging Face checkpoints is a rename table.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+
+from .attention import MultiHeadAttention
+from .layers import FeedForward, LayerNorm
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN (x + attn(ln(x)); stable, the default) or post-LN (ln(x + attn(x)); BERT)."""
+
+    def __init__(self, width: int, heads: int, mlp_hidden: int, dropout: float = 0.0, attn_dropout: float = 0.0,
+                 norm: Literal["pre", "post"] = "pre", eps: float = 1e-5, activation: str = "gelu"):
+        super().__init__()
+        if norm not in ("pre", "post"):
+            raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
+        self.pre_norm = norm == "pre"
+        self.ln1 = LayerNorm(width, eps=eps)
+        self.attn = MultiHeadAttention(width, heads, dropout=attn_dropout)
+        self.ln2 = LayerNorm(width, eps=eps)
+        self.mlp = FeedForward(width, mlp_hidden, activation, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if self.pre_norm:
+            x = x + self.drop(self.attn(self.ln1(x), key_padding_mask=mask))
+            return x + self.mlp(self.ln2(x))
+        x = self.ln1(x + self.drop(self.attn(x, key_padding_mask=mask)))
+        return self.ln2(x + self.mlp(x))
+
+
+class Encoder(nn.Module):
+    """``depth`` EncoderBlocks; a final LayerNorm for pre-LN (post-LN blocks end normalised). depth 0 = identity."""
+
+    def __init__(self, depth: int, width: int, heads: int, mlp_hidden: int, dropout: float = 0.0,
+                 attn_dropout: float = 0.0, norm: Literal["pre", "post"] = "pre", eps: float = 1e-5,
+                 activation: str = "gelu"):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            EncoderBlock(width, heads, mlp_hidden, dropout, attn_dropout, norm, eps, activation) for _ in range(depth)
+        )
+        self.ln_f = LayerNorm(width, eps=eps) if norm == "pre" and depth > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x (B, N, W); mask (B, N) True = real token."""
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_f(x)
+
+
+class DecoderBlock(nn.Module):
+    """Causal self-attention, cross-attention to a context, feed-forward; pre- or post-LN."""
+
+    def __init__(self, width: int, heads: int, mlp_hidden: int, dropout: float = 0.0, attn_dropout: float = 0.0,
+                 norm: Literal["pre", "post"] = "pre", eps: float = 1e-5, activation: str = "gelu"):
+        super().__init__()
+        if norm not in ("pre", "post"):
+            raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
+        self.pre_norm = norm == "pre"
+        self.ln1 = LayerNorm(width, eps=eps)
+        self.attn = MultiHeadAttention(width, heads, dropout=attn_dropout)
+        self.ln_cross = LayerNorm(width, eps=eps)
+        self.cross_attn = MultiHeadAttention(width, heads, dropout=attn_dropout, cross=True)
+        self.ln2 = LayerNorm(width, eps=eps)
+        self.mlp = FeedForward(width, mlp_hidden, activation, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        if self.pre_norm:
+            x = x + self.drop(self.attn(self.ln1(x), key_padding_mask=mask, causal=True))
+            x = x + self.drop(self.cross_attn(self.ln_cross(x), key_padding_mask=context_mask, context=context))
+            return x + self.mlp(self.ln2(x))
+        x = self.ln1(x + self.drop(self.attn(x, key_padding_mask=mask, causal=True)))
+        x = self.ln_cross(x + self.drop(self.cross_attn(x, key_padding_mask=context_mask, context=context)))
+        return self.ln2(x + self.mlp(x))
+
+
+class Decoder(nn.Module):
+    """``depth`` DecoderBlocks with a final LayerNorm for pre-LN."""
+
+    def __init__(self, depth: int, width: int, heads: int, mlp_hidden: int, dropout: float = 0.0,
+                 attn_dropout: float = 0.0, norm: Literal["pre", "post"] = "pre", eps: float = 1e-5,
+                 activation: str = "gelu"):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            DecoderBlock(width, heads, mlp_hidden, dropout, attn_dropout, norm, eps, activation) for _ in range(depth)
+        )
+        self.ln_f = LayerNorm(width, eps=eps) if norm == "pre" and depth > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        """x (B, T, W) targets; context (B, S, W); masks True = real token."""
+        for block in self.blocks:
+            x = block(x, context, mask, context_mask)
+        return self.ln_f(x)
+
+
+def block_kwargs(cfg) -> dict:
+    """Encoder/Decoder keyword arguments from a ModelConfig (minus depth)."""
+    return dict(width=cfg.width, heads=cfg.heads, mlp_hidden=int(cfg.width * cfg.mlp_ratio), dropout=cfg.dropout,
+                attn_dropout=cfg.attn_dropout, norm=cfg.norm, eps=cfg.layer_norm_eps, activation=cfg.activation)

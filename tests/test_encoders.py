@@ -1,0 +1,217 @@
+import math
+
+import pytest
+import torch
+
+from omniformer.config import AudioConfig, ImageConfig, ModelConfig, TextConfig
+from omniformer.model import (AnswerHead, AudioEmbedder, ContrastiveHead, ImageEmbedder, MaskedPatchHead, MatchingHead,
+                              MLMHead, Omniformer, TextEmbedder)
+
+
+def small_cfg(**kw) -> ModelConfig:
+    base = dict(width=32, heads=4, depth=2, tower_depth=1, dropout=0.0, vocab_size=50,
+                text=TextConfig(max_len=12), image=ImageConfig(size=16, patch_size=4),
+                audio=AudioConfig(n_mels=8, max_seconds=0.5))
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def make_batch(B=4, L=10, T=40, text_rows=None, image_rows=None, audio_rows=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(5, 50, (B, L), generator=g)
+    text_mask = torch.ones(B, L, dtype=torch.bool)
+    text_mask[1, 6:] = False
+    audio_mask = torch.ones(B, T, dtype=torch.bool)
+    audio_mask[2, 25:] = False
+    for rows, m in ((text_rows, text_mask), (audio_rows, audio_mask)):
+        if rows is not None:
+            m[~torch.tensor(rows)] = False
+    text = torch.where(text_mask, text, torch.zeros_like(text))
+    image_mask = torch.ones(B, dtype=torch.bool) if image_rows is None else torch.tensor(image_rows)
+    return dict(text=text, text_mask=text_mask,
+                image=torch.randn(B, 3, 16, 16, generator=g), image_mask=image_mask,
+                audio=torch.randn(B, 8, T, generator=g), audio_mask=audio_mask)
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_text_embedder_shapes(positions):
+    cfg = small_cfg(text=TextConfig(max_len=12, positions=positions))
+    tokens, mask = TextEmbedder(cfg)(make_batch())
+    assert tokens.shape == (4, 10, 32) and mask.shape == (4, 10) and mask.dtype == torch.bool
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("patch", [4, 8, 1])
+def test_image_embedder_shapes(stem, positions, patch):
+    cfg = small_cfg(image=ImageConfig(size=16, patch_size=patch, stem=stem, positions=positions))
+    emb = ImageEmbedder(cfg)
+    batch = make_batch(image_rows=[True, False, True, True])
+    tokens, mask = emb(batch)
+    n = (16 // patch) ** 2
+    assert tokens.shape == (4, n, 32)
+    assert mask.shape == (4, n) and mask[0].all() and not mask[1].any()
+    assert emb.patchify(batch).shape == (4, n, patch * patch * 3)
+
+
+def test_image_conv_stem_with_odd_patch_factor():
+    cfg = small_cfg(image=ImageConfig(size=24, patch_size=6, stem="conv"))
+    tokens, _ = ImageEmbedder(cfg)(dict(image=torch.randn(2, 3, 24, 24), image_mask=torch.ones(2, dtype=torch.bool)))
+    assert tokens.shape == (2, 16, 32)
+
+
+def test_image_patchify_matches_pixels():
+    emb = ImageEmbedder(small_cfg())
+    image = torch.randn(1, 3, 16, 16)
+    patches = emb.patchify(dict(image=image))
+    # Patch (row 1, col 2) = pixels [4:8, 8:12], in (row, col, channel) order.
+    assert torch.equal(patches[0, 1 * 4 + 2], image[0, :, 4:8, 8:12].permute(1, 2, 0).reshape(-1))
+
+
+@pytest.mark.parametrize("subsample", [1, 2, 4, 8])
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_audio_embedder_shapes_and_mask(subsample, positions):
+    cfg = small_cfg(audio=AudioConfig(n_mels=8, max_seconds=0.5, subsample=subsample, positions=positions))
+    emb = AudioEmbedder(cfg)
+    T = 41
+    frame_mask = torch.ones(3, T, dtype=torch.bool)
+    frame_mask[1, 17:] = False
+    frame_mask[2] = False
+    batch = dict(audio=torch.randn(3, 8, T), audio_mask=frame_mask)
+    tokens, mask = emb(batch)
+    n = -(-T // subsample)
+    assert tokens.shape == (3, n, 32) and mask.shape == (3, n)
+    expected = torch.tensor([(j * subsample) < 17 for j in range(n)])
+    assert torch.equal(mask[1], expected) and mask[0].all() and not mask[2].any()
+    assert torch.equal(emb.token_mask_from_frames(frame_mask), mask)
+    patches = emb.patchify(batch)
+    assert patches.shape == (3, n, subsample * 8)
+    assert torch.equal(patches[0, 1, :8], batch["audio"][0, :, subsample])  # token 1 starts at frame s
+    assert torch.isfinite(tokens).all()
+
+
+def test_audio_padding_length_and_values_do_not_matter():
+    torch.manual_seed(0)
+    emb = AudioEmbedder(small_cfg()).eval()
+    audio = torch.randn(1, 8, 30)
+    alone, _ = emb(dict(audio=audio, audio_mask=torch.ones(1, 30, dtype=torch.bool)))
+    padded = torch.cat([audio, torch.randn(1, 8, 14) * 5], dim=-1)
+    mask = torch.ones(1, 44, dtype=torch.bool); mask[:, 30:] = False
+    batched, bmask = emb(dict(audio=padded, audio_mask=mask))
+    assert bmask.sum() == alone.size(1)
+    assert torch.allclose(batched[:, : alone.size(1)], alone, atol=1e-6)
+
+
+def test_token_mask_replaces_embeddings():
+    torch.manual_seed(0)
+    cfg = small_cfg()
+    batch = make_batch()
+    for emb in (TextEmbedder(cfg).eval(), ImageEmbedder(cfg).eval(), AudioEmbedder(cfg).eval()):
+        plain, mask = emb(batch)
+        token_mask = torch.zeros_like(mask); token_mask[:, 1] = True
+        masked, _ = emb(batch, token_mask=token_mask)
+        assert not torch.allclose(masked[:, 1], plain[:, 1])
+        assert torch.allclose(masked[:, 0], plain[:, 0]) and torch.allclose(masked[:, 2:], plain[:, 2:])
+        # Two different inputs masked at the same position embed identically there (content is gone).
+        masked_other, _ = emb(make_batch(seed=1), token_mask=token_mask)
+        assert torch.allclose(masked[:, 1], masked_other[:, 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("mods", [["text"], ["image"], ["audio"], ["text", "image", "audio"], ["image", "audio"]])
+def test_omniformer_any_subset(mods):
+    torch.manual_seed(0)
+    model = Omniformer(small_cfg()).eval()
+    full = make_batch()
+    batch = {k: v for k, v in full.items() if k.split("_")[0] in mods}
+    out = model(batch)
+    n = {"text": 10, "image": 16, "audio": 10}
+    assert list(out.spans) == mods
+    assert out.hidden.shape == (4, 1 + sum(n[m] for m in mods), 32)
+    assert out.mask.shape == out.hidden.shape[:2] and out.mask[:, 0].all()
+    assert torch.equal(out.cls, out.hidden[:, 0])
+    for m in mods:
+        tokens, mask = out.unimodal[m]
+        assert tokens.shape == (4, n[m], 32) and torch.equal(out.mask[:, out.spans[m]], mask)
+    assert torch.isfinite(out.hidden).all()
+    # ``modalities`` restricts a richer batch.
+    assert list(model(full, modalities=mods).spans) == mods
+
+
+def test_omniformer_mixed_batch_without_nan_and_with_gradients():
+    torch.manual_seed(0)
+    model = Omniformer(small_cfg())
+    # Sample 0: everything; 1: text only; 2: image+audio; 3: nothing at all (only [CLS]).
+    batch = make_batch(text_rows=[True, True, False, False], image_rows=[True, False, True, False],
+                       audio_rows=[True, False, True, False])
+    out = model(batch)
+    assert torch.isfinite(out.hidden).all()
+    assert out.mask[3].sum() == 1
+    for tokens, mask in out.unimodal.values():
+        pooled = Omniformer.pool(tokens, mask)
+        assert torch.isfinite(pooled).all()
+        assert torch.equal(pooled[~mask.any(1)], torch.zeros_like(pooled[~mask.any(1)]))
+    out.hidden.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_padding_changes_no_real_token(norm):
+    torch.manual_seed(0)
+    model = Omniformer(small_cfg(norm=norm)).eval()
+    batch = make_batch(image_rows=[True, False, True, True])
+    out = model(batch)
+    changed = dict(batch)
+    changed["text"] = torch.where(batch["text_mask"], batch["text"], torch.randint(1, 50, batch["text"].shape))
+    changed["audio"] = torch.where(batch["audio_mask"][:, None], batch["audio"], torch.randn_like(batch["audio"]) * 3)
+    changed["image"] = batch["image"].clone(); changed["image"][1] = torch.randn(3, 16, 16)
+    out2 = model(changed)
+    real = out.mask[..., None]
+    assert torch.allclose(out.hidden * real, out2.hidden * real, atol=1e-5)
+    assert (out.hidden[~out.mask] == 0).all()
+
+
+def test_tiny_overfit_answer_head():
+    torch.manual_seed(0)
+    cfg = small_cfg(depth=1, tower_depth=0, modalities=["text", "image"])
+    model, head = Omniformer(cfg), AnswerHead(cfg.width, 4)
+    batch = make_batch(B=16, L=8)
+    batch = {k: v for k, v in batch.items() if not k.startswith("audio")}
+    # The answer depends on both modalities: first token parity xor sign of the image mean.
+    answers = (batch["text"][:, 1] % 2) * 2 + (batch["image"].mean((1, 2, 3)) > 0).long()
+    params = list(model.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    losses = []
+    for _ in range(100):
+        loss = torch.nn.functional.cross_entropy(head(model(batch).cls), answers)
+        opt.zero_grad(); loss.backward(); opt.step()
+        losses.append(loss.item())
+    print(f"overfit loss {losses[0]:.3f} -> {losses[-1]:.4f}")
+    assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
+
+
+def test_num_parameters_counts_shared_once():
+    model = Omniformer(small_cfg())
+    assert model.num_parameters() == sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_heads():
+    torch.manual_seed(0)
+    cfg = small_cfg()
+    model = Omniformer(cfg)
+    emb = model.embedders["text"].token.weight
+    mlm = MLMHead(32, 50, emb)
+    assert mlm.decoder.weight is emb and mlm(torch.randn(7, 32)).shape == (7, 50)
+    assert sum(p is emb for p in torch.nn.ModuleList([model, mlm]).parameters()) == 1  # tied, counted once
+    assert MatchingHead(32)(torch.randn(5, 32)).shape == (5,)
+    head = ContrastiveHead(32, 16, ["text", "image"])
+    out = head({"text": torch.randn(4, 32), "image": torch.randn(4, 32), "audio": torch.randn(4, 32)})
+    assert set(out) == {"text", "image"} and torch.allclose(out["text"].norm(dim=-1), torch.ones(4))
+    assert torch.allclose(head(torch.randn(3, 32), "image").norm(dim=-1), torch.ones(3))
+    assert abs(head.logit_scale.item() - math.log(1 / 0.07)) < 1e-6
+    with torch.no_grad():
+        head.logit_scale.fill_(10.0)
+    assert abs(head.scale().item() - 100.0) < 1e-3
+    assert AnswerHead(32, 6)(torch.randn(2, 32)).shape == (2, 6)
+    assert MaskedPatchHead(32, model.embedders["image"].patch_dim)(torch.randn(2, 16, 32)).shape == (2, 16, 48)
+    assert model.embedders["audio"].patch_dim == 4 * 8
