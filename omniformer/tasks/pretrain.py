@@ -1,0 +1,139 @@
+"""Multimodal pretraining: masked language modelling, cross-modal matching, contrastive alignment
+and masked patch modelling over one fusion encoder, with weights from ``ObjectiveConfig``.
+
+One step costs two fusion passes: the masked-text pass (MLM, masked patches, the positive
+side of matching) and one pass over mismatched pairs (the negatives of matching, chosen
+as hard negatives from the contrastive similarities).
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig, ObjectiveConfig
+from ..model import ContrastiveHead, MaskedPatchHead, MatchingHead, MLMHead, Omniformer
+from ..objectives import hard_negative_indices, info_nce, mask_tokens, masked_patch_loss, matching_loss
+
+# Which batch entries make up a modality, so a mismatched pair swaps all of them together.
+MODALITY_KEYS = {"text": ("text", "text_mask"), "image": ("image", "image_mask"), "audio": ("audio", "audio_mask")}
+
+
+def present(batch: dict[str, torch.Tensor], modality: str) -> torch.Tensor | None:
+    """(B,) bool: which samples have ``modality``; None when the batch has none."""
+    mask = batch.get(f"{modality}_mask")
+    if mask is None:
+        return None
+    return mask if mask.ndim == 1 else mask.any(dim=1)
+
+
+class PretrainingModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, objectives: ObjectiveConfig, special_ids: list[int], mask_id: int):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set from the tokenizer before pretraining")
+        self.cfg, self.objectives = cfg, objectives
+        self.special_ids, self.mask_id = list(special_ids), mask_id
+        self.backbone = Omniformer(cfg)
+        self.mlm_head = MLMHead(cfg.width, cfg.vocab_size, self.backbone.embedders["text"].token.weight)
+        self.matching_head = MatchingHead(cfg.width)
+        self.contrastive_head = ContrastiveHead(cfg.width, cfg.width, cfg.modalities)
+        self.patch_heads = nn.ModuleDict({
+            m: MaskedPatchHead(cfg.width, self.backbone.embedders[m].patch_dim)
+            for m in cfg.modalities if m in ("image", "audio")
+        }) if objectives.masked_patch > 0 else nn.ModuleDict()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        obj = self.objectives
+        out: dict[str, Any] = {}
+        losses: list[torch.Tensor] = []
+        inputs = dict(batch)
+
+        mlm_labels = None
+        if obj.mlm > 0 and "text" in batch:
+            inputs["text"], mlm_labels = mask_tokens(batch["text"], batch["text_mask"], self.cfg.vocab_size,
+                                                     self.special_ids, obj.mlm_probability, mask_id=self.mask_id)
+        token_masks, patch_targets = {}, {}
+        for m in self.patch_heads:
+            if m in batch:
+                embedder = self.backbone.embedders[m]
+                targets = embedder.patchify(batch)
+                keep = (embedder.token_mask_from_frames(batch["audio_mask"]) if m == "audio"
+                        else batch["image_mask"][:, None].expand(-1, targets.shape[1]))
+                chosen = (torch.rand(keep.shape, device=keep.device) < obj.masked_patch_probability) & keep
+                token_masks[m], patch_targets[m] = chosen, targets
+        fused = self.backbone(inputs, token_masks=token_masks or None)
+
+        if mlm_labels is not None:
+            text_hidden = fused.hidden[:, fused.spans["text"]]
+            selected = mlm_labels != -100
+            if selected.any():  # the vocabulary projection only where a token was masked
+                logits = self.mlm_head(text_hidden[selected])
+                mlm = F.cross_entropy(logits, mlm_labels[selected])
+                out["mlm_loss"] = mlm.detach()
+                out["mlm_accuracy"] = (logits.argmax(-1) == mlm_labels[selected]).float().mean()
+                losses.append(obj.mlm * mlm)
+
+        for m, chosen in token_masks.items():
+            if chosen.any():
+                pred = self.patch_heads[m](fused.hidden[:, fused.spans[m]])
+                mpm = masked_patch_loss(pred, patch_targets[m], chosen)
+                out[f"masked_{m}_loss"] = mpm.detach()
+                losses.append(obj.masked_patch * mpm)
+
+        # Contrastive alignment between every pair of modality towers, on samples that have both.
+        pooled = {m: self.backbone.pool(*fused.unimodal[m]) for m in fused.unimodal}
+        embeddings = self.contrastive_head(pooled)
+        pair_similarity: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        for a, b in itertools.combinations(sorted(embeddings), 2):
+            both = present(batch, a) & present(batch, b)
+            if both.sum() < 2:
+                continue
+            ea, eb = embeddings[a][both], embeddings[b][both]
+            pair_similarity[(a, b)] = (both, (ea @ eb.t()).detach())
+            if obj.contrastive > 0:
+                nce = info_nce(ea, eb, self.contrastive_head.logit_scale)
+                out[f"contrastive_{a}_{b}_loss"] = nce.detach()
+                losses.append(obj.contrastive * nce / len(embeddings))
+
+        if obj.matching > 0 and pair_similarity:
+            match = self._matching(batch, fused.cls, pair_similarity, obj.hard_negatives)
+            if match is not None:
+                loss, accuracy = match
+                out["matching_loss"], out["matching_accuracy"] = loss.detach(), accuracy
+                losses.append(obj.matching * loss)
+
+        out["loss"] = torch.stack(losses).sum() if losses else fused.cls.sum() * 0.0
+        return out
+
+    def _matching(self, batch, positive_cls, pair_similarity, hard: bool):
+        """True pairs vs pairs with one modality swapped for another sample's (the multimodal
+        counterpart of next-sentence prediction). Each sample swaps one modality of one pair."""
+        pairs = list(pair_similarity)
+        negative = {k: v.clone() for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        swapped = torch.zeros(len(batch["index"]), dtype=torch.bool, device=positive_cls.device)
+        for i, (a, b) in enumerate(pairs):
+            both, sim = pair_similarity[(a, b)]
+            members = both.nonzero().squeeze(1)            # global rows that have both modalities
+            partner = hard_negative_indices(sim if hard else torch.zeros_like(sim))
+            if partner is None:
+                continue
+            # Spread the pair types over the batch so each is trained every step.
+            local = torch.arange(len(members), device=members.device)
+            local = local[local % len(pairs) == i]
+            rows, partners = members[local], members[partner[local]]
+            swap = b if i % 2 == 0 else a
+            for key in MODALITY_KEYS[swap]:
+                negative[key][rows] = batch[key][partners]
+            swapped[rows] = True
+        if not swapped.any():
+            return None
+        negative_cls = self.backbone(negative).cls[swapped]
+        pos_logits = self.matching_head(positive_cls)
+        neg_logits = self.matching_head(negative_cls)
+        loss = matching_loss(pos_logits, neg_logits)
+        accuracy = torch.cat([(pos_logits > 0).float(), (neg_logits < 0).float()]).mean()
+        return loss, accuracy

@@ -1,0 +1,152 @@
+"""Question answering about an image, the question asked in text, in speech, or both.
+
+``QAModel`` is the fusion backbone plus an answer head over the fusion [CLS] token;
+``evaluate_qa`` reports accuracy overall and by question family, relational or not, text
+or spoken, and held-out voice; ``QAPredictor`` answers one question from Python::
+
+    from omniformer.tasks.qa import QAPredictor
+    qa = QAPredictor.load("runs/quickstart/qa/best")
+    qa.ask("scene.png", question="what shape is the red object?")   # [("circle", 0.97), ...]
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..config import ModelConfig, RunConfig, from_dict
+from ..data.batching import IGNORE, MultimodalDataset, collate
+from ..data.text import Tokenizer
+from ..model import AnswerHead, Omniformer
+from ..train import checkpoint as ckpt
+from .common import audio_preprocessor, image_preprocessor
+
+TASK = "qa"
+
+
+class QAModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_answers: int):
+        super().__init__()
+        self.backbone = Omniformer(cfg)
+        self.answer_head = AnswerHead(cfg.width, num_answers, hidden=2 * cfg.width, dropout=cfg.dropout)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = self.answer_head(self.backbone(batch).cls)
+        out = {"logits": logits}
+        answers = batch.get("answer")
+        if answers is not None and (answers != IGNORE).any():
+            out["loss"] = F.cross_entropy(logits, answers, ignore_index=IGNORE)
+            valid = answers != IGNORE
+            out["accuracy"] = (logits.argmax(-1)[valid] == answers[valid]).float().mean()
+        return out
+
+
+def qa_dataset(manifest: str | Path, samples: Sequence[dict], cfg: RunConfig, tokenizer: Tokenizer,
+               answers: Sequence[str], modes: Sequence[str] | str, augment: bool) -> MultimodalDataset:
+    return MultimodalDataset(
+        manifest, samples, tokenizer=tokenizer, image=image_preprocessor(cfg.model, augment),
+        audio=audio_preprocessor(cfg.model, augment and cfg.data.spec_augment), text_field="question",
+        audio_field="question_audio", text_max_len=cfg.model.text.max_len, answers=answers, modes=modes)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: MultimodalDataset, batch_size: int = 128, workers: int = 0,
+            device: torch.device | str = "cpu") -> torch.Tensor:
+    """Answer logits for every sample of ``dataset``, in order."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+    chunks = []
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        chunks.append(model(batch)["logits"].float().cpu())
+    return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+def accuracy_report(samples: Sequence[dict], predictions: Sequence[str], spoken: Sequence[bool]) -> dict[str, float]:
+    """Accuracy overall and by family, relational vs not, text vs spoken, held-out voice."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for sample, prediction, is_spoken in zip(samples, predictions, spoken):
+        correct = prediction == sample["answer"]
+        meta = sample.get("meta", {})
+        way = "spoken" if is_spoken else "text"
+        groups["accuracy"].append(correct)
+        groups[f"{way}/accuracy"].append(correct)
+        if "family" in meta:
+            groups[f"{way}/family/{meta['family']}"].append(correct)
+        if "relational" in meta:
+            kind = "relational" if meta["relational"] else "non_relational"
+            groups[f"{way}/{kind}"].append(correct)
+        if is_spoken and "held_out_voice" in meta:
+            groups["spoken/held_out_voice" if meta["held_out_voice"] else "spoken/seen_voice"].append(correct)
+    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+
+
+def evaluate_qa(model: nn.Module, manifest: str | Path, samples: Sequence[dict], cfg: RunConfig,
+                tokenizer: Tokenizer, answers: Sequence[str], ways: Sequence[str] = ("text", "audio"),
+                batch_size: int = 128, workers: int = 0, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Each sample is asked once per way ("text", "audio") that it supports."""
+    all_samples, predictions, spoken = [], [], []
+    for way in ways:
+        field = "question" if way == "text" else "question_audio"
+        subset = [s for s in samples if s.get(field)]
+        if not subset:
+            continue
+        data = qa_dataset(manifest, subset, cfg, tokenizer, answers, modes=way, augment=False)
+        logits = predict(model, data, batch_size, workers, device)
+        predictions += [answers[i] for i in logits.argmax(-1).tolist()]
+        all_samples += subset
+        spoken += [way == "audio"] * len(subset)
+    report = accuracy_report(all_samples, predictions, spoken)
+    report["score"] = report.get("accuracy", 0.0)
+    return report
+
+
+class QAPredictor:
+    """A fine-tuned QA checkpoint, ready to answer: the Python face of ``omniformer ask``."""
+
+    def __init__(self, model: QAModel, cfg: RunConfig, tokenizer: Tokenizer, answers: list[str],
+                 model_id: str = "omniformer-qa"):
+        self.model, self.cfg, self.tokenizer, self.answers, self.model_id = model.eval(), cfg, tokenizer, answers, model_id
+        self.image = image_preprocessor(cfg.model, augment=False)
+        self.audio = audio_preprocessor(cfg.model, augment=False)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "QAPredictor":
+        path = ckpt.find_checkpoint(path)
+        meta = ckpt.read_meta(path)
+        if meta.get("task") != TASK:
+            raise ckpt.CheckpointError(f"checkpoint {path} is a {meta.get('task')!r} model, not a QA model")
+        cfg = from_dict(RunConfig, meta["config"])
+        model = QAModel(cfg.model, len(meta["answers"]))
+        ckpt.load_weights(path, model)
+        tokenizer = Tokenizer.load(path / ckpt.TOKENIZER)
+        return cls(model.to(device), cfg, tokenizer, list(meta["answers"]), model_id=meta.get("model_id", path.name))
+
+    def prepare(self, image, question: str | None = None, audio=None) -> dict[str, Any]:
+        """One dataset-style item from raw inputs (paths, bytes, PIL images or waveforms)."""
+        if question is None and audio is None:
+            raise ValueError("ask needs a question in text, in audio, or both")
+        item: dict[str, Any] = {"index": 0, "image": self.image(image)}
+        if question is not None:
+            item["text"] = torch.tensor(self.tokenizer.encode(question, self.cfg.model.text.max_len))
+        if audio is not None:
+            item["audio"] = self.audio(audio)
+        return item
+
+    @torch.no_grad()
+    def answer_items(self, items: list[dict[str, Any]], top_k: int = 5) -> list[list[tuple[str, float]]]:
+        items = [{**it, "index": i} for i, it in enumerate(items)]
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) for k, v in collate(items).items()}
+        probs = self.model(batch)["logits"].float().softmax(-1)
+        top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        return [[(self.answers[i], float(p)) for p, i in zip(ps.tolist(), ids.tolist())]
+                for ps, ids in zip(top.values, top.indices)]
+
+    def ask(self, image, question: str | None = None, audio=None, top_k: int = 5) -> list[tuple[str, float]]:
+        return self.answer_items([self.prepare(image, question, audio)], top_k)[0]

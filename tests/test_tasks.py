@@ -1,0 +1,70 @@
+"""Task models on synthetic batches: every objective produces a finite loss and gradients."""
+import torch
+
+from omniformer.config import load_config
+from omniformer.tasks.pretrain import PretrainingModel
+from omniformer.tasks.qa import QAModel, accuracy_report
+
+
+def batch(B=8, vocab=60):
+    g = torch.Generator().manual_seed(0)
+    b = {"index": torch.arange(B), "text": torch.randint(5, vocab, (B, 10), generator=g),
+         "text_mask": torch.ones(B, 10, dtype=torch.bool), "image": torch.randn(B, 3, 16, 16, generator=g),
+         "image_mask": torch.ones(B, dtype=torch.bool), "audio": torch.randn(B, 16, 40, generator=g),
+         "audio_mask": torch.ones(B, 40, dtype=torch.bool)}
+    b["text"][:, 0], b["text"][:, -1] = 2, 3
+    b["text_mask"][1, 6:] = False
+    b["image_mask"][2] = False
+    b["audio_mask"][3] = False
+    return b
+
+
+def small_cfg(*extra):
+    return load_config(overrides=["--model.width=32", "--model.heads=2", "--model.depth=1", "--model.vocab_size=60",
+                                  "--model.image.size=16", "--model.image.patch_size=4", "--model.audio.n_mels=16",
+                                  *extra])
+
+
+def test_pretraining_objectives_all_contribute():
+    cfg = small_cfg("--objectives.masked_patch=0.5")
+    model = PretrainingModel(cfg.model, cfg.objectives, [0, 1, 2, 3, 4], mask_id=4)
+    torch.manual_seed(0)
+    out = model(batch())
+    for key in ("mlm_loss", "matching_loss", "contrastive_image_text_loss", "contrastive_audio_text_loss",
+                "contrastive_audio_image_loss", "masked_image_loss", "masked_audio_loss"):
+        assert key in out and torch.isfinite(out[key]), key
+    out["loss"].backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(n.startswith("mlm_head") for n in grads)
+    assert any(n.startswith("matching_head") for n in grads)
+    assert "contrastive_head.logit_scale" in grads
+    assert any(n.startswith("patch_heads.image") for n in grads)
+
+
+def test_objective_weights_switch_objectives_off():
+    cfg = small_cfg("--objectives.matching=0", "--objectives.contrastive=0")
+    model = PretrainingModel(cfg.model, cfg.objectives, [0, 1, 2, 3, 4], mask_id=4)
+    out = model(batch())
+    assert "mlm_loss" in out and "matching_loss" not in out
+    assert not any(k.startswith("contrastive") for k in out)
+
+
+def test_qa_model_with_text_or_audio_questions():
+    cfg = small_cfg()
+    model = QAModel(cfg.model, num_answers=5)
+    b = batch()
+    b["answer"] = torch.tensor([0, 1, 2, 3, 4, 0, -100, 1])
+    out = model(b)
+    assert out["logits"].shape == (8, 5) and torch.isfinite(out["loss"])
+    spoken = {k: v for k, v in b.items() if not k.startswith("text")}
+    assert model(spoken)["logits"].shape == (8, 5)
+
+
+def test_accuracy_report_groups():
+    samples = [{"answer": "a", "meta": {"family": "shape", "relational": False}},
+               {"answer": "b", "meta": {"family": "closest", "relational": True, "held_out_voice": True}},
+               {"answer": "b", "meta": {"family": "closest", "relational": True, "held_out_voice": False}}]
+    report = accuracy_report(samples + samples[1:], ["a", "b", "a", "a", "b"], [False, False, False, True, True])
+    assert report["text/non_relational"] == 1.0 and report["text/relational"] == 0.5
+    assert report["spoken/held_out_voice"] == 0.0 and report["spoken/seen_voice"] == 1.0
+    assert report["accuracy"] == 3 / 5
