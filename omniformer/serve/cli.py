@@ -1,0 +1,61 @@
+"""``omniformer serve``: the QA server (API, metrics and web page) under uvicorn."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def default_examples(model_dir: str | Path) -> Path | None:
+    """The manifest the model was trained on, if it is still where its config says."""
+    from ..config import RunConfig, from_dict
+    from ..train import checkpoint as ckpt
+    try:
+        cfg = from_dict(RunConfig, ckpt.read_meta(model_dir)["config"])
+    except Exception:
+        return None
+    candidates = [Path(cfg.data.manifest)] if cfg.data.manifest else []
+    if cfg.data.shapes_dir:
+        candidates.append(Path(cfg.data.shapes_dir) / "manifest.jsonl")
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def cmd_serve(args, overrides) -> int:
+    import uvicorn
+
+    from .app import create_app, default_torch_threads
+    examples = None if args.no_examples else (Path(args.examples) if args.examples else default_examples(args.model))
+    if args.examples and not examples.is_file():
+        raise FileNotFoundError(f"--examples: {examples} does not exist")
+    app = create_app(args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                     max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_pixels=args.max_pixels,
+                     max_audio_seconds=args.max_audio_seconds, examples_manifest=examples,
+                     torch_threads=args.threads or default_torch_threads())
+    print(f"serving {args.model} on http://{args.host}:{args.port}/  (API docs: /docs, metrics: /metrics)"
+          + (f"; examples from {examples}" if examples else ""))
+    # One process: the micro-batcher lives in it, and more processes would only split batches.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("serve", help="serve a QA model: HTTP API, web page, Prometheus metrics")
+    p.add_argument("--model", required=True, help="QA checkpoint folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=32, dest="max_batch", help="questions per model call (default 32)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, dest="max_wait_ms",
+                   help="how long a batch may wait for questions already being decoded (default 5)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, dest="max_upload_mb", help="per file (default 10)")
+    p.add_argument("--max-pixels", type=int, default=16_000_000, dest="max_pixels",
+                   help="image width x height limit (default 16,000,000)")
+    p.add_argument("--max-audio-seconds", type=float, dest="max_audio_seconds",
+                   help="longest spoken question (default: the model's audio.max_seconds)")
+    p.add_argument("--examples", help="manifest with test samples for the page's examples "
+                                      "(default: the model's training data, if present)")
+    p.add_argument("--no-examples", action="store_true", dest="no_examples")
+    p.add_argument("--threads", type=int, help="torch threads (default: half the usable CPU cores, at most 8)")
+    p.add_argument("--log-level", default="info", dest="log_level",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action="store_true", dest="access_log", help="log every request")
+    p.set_defaults(func=cmd_serve)
+    return p
