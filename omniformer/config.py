@@ -175,10 +175,38 @@ def _check(cond: bool, msg: str) -> None:
 # The configs
 # ---------------------------------------------------------------------------------------------
 
+Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "relu"]
+
+
+@dataclass
+class TowerConfig:
+    """A modality tower with its own shape, unlike the fusion layers: an imported encoder (BERT,
+    ViT, CLIP, Whisper...). Its embedder is built at this width too; a Linear maps the tower's
+    output to the model width when the two differ. Set by ``omniformer.interop.hf``."""
+    width: int = 128
+    depth: int = 1
+    heads: int = 4
+    mlp_hidden: int = 512
+    norm: Literal["pre", "post"] = "pre"
+    layer_norm_eps: float = 1e-5
+    activation: Activation = "gelu"
+    causal: bool = False           # causal self-attention (CLIP's text tower)
+    final_ln: bool = True          # a LayerNorm after the blocks (pre-LN towers only)
+    embed_ln: bool = True          # the embedder's LayerNorm (BERT, CLIP vision: yes; ViT, Whisper: no)
+
+    def validate(self) -> None:
+        _check(self.width > 0 and self.heads > 0 and self.width % self.heads == 0,
+               f"width: must be a positive multiple of heads ({self.heads}), got {self.width}")
+        _check(self.depth >= 0, f"depth: must be >= 0, got {self.depth}")
+        _check(self.mlp_hidden >= 1, f"mlp_hidden: must be >= 1, got {self.mlp_hidden}")
+
+
 @dataclass
 class TextConfig:
     max_len: int = 48
     positions: Literal["learned", "sinusoidal"] = "learned"
+    pad_id: int = 0                # the padding token id (RoBERTa: 1)
+    tower: TowerConfig | None = None
 
     def validate(self) -> None:
         _check(self.max_len >= 2, f"max_len: must be >= 2, got {self.max_len}")
@@ -195,6 +223,9 @@ class ImageConfig:
     positions: Literal["learned", "sinusoidal"] = "learned"
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    cls_token: bool = False        # a learned [CLS] token before the patches (ViT, CLIP)
+    patch_bias: bool = True        # the patch stem's bias (CLIP's has none)
+    tower: TowerConfig | None = None
 
     def validate(self) -> None:
         _check(self.size >= 1, f"size: must be >= 1, got {self.size}")
@@ -215,12 +246,18 @@ class AudioConfig:
     # Frames per audio token after the convolutional subsampling stem (4 -> 40 ms tokens).
     subsample: Literal[1, 2, 4, 8] = 4
     positions: Literal["learned", "sinusoidal"] = "sinusoidal"
+    # "conv": stride-2 convolutions + a projection. "whisper": Whisper's stem, conv(k3, s1) ->
+    # GELU -> conv(k3, s2) -> GELU (subsample 2), no projection.
+    stem: Literal["conv", "whisper"] = "conv"
+    tower: TowerConfig | None = None
 
     def validate(self) -> None:
         _check(8000 <= self.sample_rate <= 48000, f"sample_rate: must be 8000..48000 Hz, got {self.sample_rate}")
         _check(8 <= self.n_mels <= 256, f"n_mels: must be 8..256, got {self.n_mels}")
         _check(0 < self.hop_ms <= self.win_ms, f"hop_ms: must be in (0, win_ms], got {self.hop_ms}")
         _check(self.max_seconds > 0, f"max_seconds: must be > 0, got {self.max_seconds}")
+        _check(self.stem != "whisper" or self.subsample == 2,
+               f"subsample: the whisper stem subsamples by 2, got {self.subsample}")
 
     @property
     def max_frames(self) -> int:
@@ -238,13 +275,16 @@ class ModelConfig:
     attn_dropout: float = 0.0
     norm: Literal["pre", "post"] = "pre"
     layer_norm_eps: float = 1e-5
-    activation: Literal["gelu", "gelu_tanh", "relu"] = "gelu"
+    activation: Activation = "gelu"
     vocab_size: int = 0            # filled from the tokenizer
     num_answers: int = 0           # filled from the answer vocabulary (QA)
     modalities: list[str] = field(default_factory=lambda: ["text", "image", "audio"])
     text: TextConfig = field(default_factory=TextConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
+    # Pretrained towers to start from, per modality: {"text": "bert:/path/to/checkpoint", ...};
+    # see omniformer.interop.hf (kinds: bert, roberta, clip_text, vit, clip_vision, whisper).
+    towers_from: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         _check(self.width > 0 and self.heads > 0 and self.width % self.heads == 0,
@@ -257,6 +297,9 @@ class ModelConfig:
         known = {"text", "image", "audio"}
         bad = [m for m in self.modalities if m not in known]
         _check(not bad, f"modalities: unknown {bad}; known: {sorted(known)}")
+        for m, source in self.towers_from.items():
+            _check(m in known and isinstance(source, str) and ":" in source,
+                   f"towers_from.{m}: expected a modality in {sorted(known)} mapped to 'kind:path', got {source!r}")
 
 
 @dataclass

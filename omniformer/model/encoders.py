@@ -18,6 +18,8 @@ Adding a modality is one class and one registry line::
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -25,6 +27,15 @@ from torch import Tensor, nn
 from .layers import LayerNorm, LearnedPositions, SinusoidalPositions, sinusoidal_positions_2d
 
 Batch = dict[str, Tensor]
+
+
+def embedder_config(cfg, modality: str):
+    """The config an embedder is built from: ``cfg`` itself, or, when the modality has its own
+    tower (``cfg.<modality>.tower``, an imported encoder), ``cfg`` at that tower's width and eps."""
+    tower = getattr(getattr(cfg, modality, None), "tower", None)
+    if tower is None:
+        return cfg
+    return dataclasses.replace(cfg, width=tower.width, layer_norm_eps=tower.layer_norm_eps)
 
 
 class Embedder(nn.Module):
@@ -38,7 +49,8 @@ class Embedder(nn.Module):
         self.type_embedding = nn.Parameter(torch.randn(cfg.width) * 0.02)
         self.mask_embedding = nn.Parameter(torch.randn(cfg.width) * 0.02)
         self.positions: nn.Module = nn.Identity()
-        self.ln = LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
+        tower = getattr(getattr(cfg, self.modality, None), "tower", None)
+        self.ln = LayerNorm(cfg.width, eps=cfg.layer_norm_eps) if tower is None or tower.embed_ln else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
 
     def apply_token_mask(self, x: Tensor, token_mask: Tensor | None) -> Tensor:
@@ -61,14 +73,15 @@ class TextEmbedder(Embedder):
         super().__init__(cfg)
         if cfg.vocab_size <= 0:
             raise ValueError("model.vocab_size must be set (from the tokenizer) before building the text embedder")
-        self.token = nn.Embedding(cfg.vocab_size, cfg.width, padding_idx=0)
+        self.pad_id = getattr(cfg.text, "pad_id", 0)
+        self.token = nn.Embedding(cfg.vocab_size, cfg.width, padding_idx=self.pad_id)
         n = cfg.text.max_len
         self.positions = LearnedPositions(n, cfg.width) if cfg.text.positions == "learned" else SinusoidalPositions(n, cfg.width)
 
     def forward(self, batch: Batch, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         ids = batch["text"]
         mask = batch.get("text_mask")
-        mask = ids != 0 if mask is None else mask
+        mask = ids != self.pad_id if mask is None else mask
         return self.finish(self.apply_token_mask(self.token(ids), token_mask), mask)
 
 
@@ -98,7 +111,11 @@ def _conv_stem(channels: int, width: int, patch: int) -> nn.Sequential:
 
 
 class ImageEmbedder(Embedder):
-    """Image (B, C, H, W) -> (size/p)^2 patch tokens; mask = image_mask on every patch."""
+    """Image (B, C, H, W) -> (size/p)^2 patch tokens; mask = image_mask on every patch.
+
+    With ``cfg.image.cls_token`` a learned [CLS] token comes first (ViT, CLIP): 1 + (size/p)^2
+    tokens, positions over all of them; ``token_mask`` still covers the patches only.
+    """
 
     modality = "image"
 
@@ -107,15 +124,20 @@ class ImageEmbedder(Embedder):
         c = cfg.image
         self.patch, self.channels, self.grid = c.patch_size, c.channels, c.size // c.patch_size
         if c.stem == "patch":
-            self.stem = nn.Conv2d(c.channels, cfg.width, c.patch_size, stride=c.patch_size)
+            self.stem = nn.Conv2d(c.channels, cfg.width, c.patch_size, stride=c.patch_size,
+                                  bias=getattr(c, "patch_bias", True))
         else:
             self.stem = _conv_stem(c.channels, cfg.width, c.patch_size)
         n = self.grid * self.grid
         self.patch_dim = c.patch_size * c.patch_size * c.channels  # width of patchify's targets
+        self.cls = nn.Parameter(torch.randn(cfg.width) * 0.02) if getattr(c, "cls_token", False) else None
+        extra = 0 if self.cls is None else 1
         if c.positions == "learned":
-            self.positions = LearnedPositions(n, cfg.width)
+            self.positions = LearnedPositions(n + extra, cfg.width)
         else:
-            self.positions = SinusoidalPositions(n, cfg.width, sinusoidal_positions_2d(self.grid, self.grid, cfg.width))
+            table = sinusoidal_positions_2d(self.grid, self.grid, cfg.width)
+            table = torch.cat([torch.zeros(extra, cfg.width), table])  # [CLS] gets no position
+            self.positions = SinusoidalPositions(n + extra, cfg.width, table)
 
     def _check(self, image: Tensor) -> None:
         H, W = image.shape[-2:]
@@ -128,8 +150,11 @@ class ImageEmbedder(Embedder):
         x = self.stem(image).flatten(2).transpose(1, 2)  # (B, N, W), patches in row-major order
         present = batch.get("image_mask")
         present = torch.ones(image.size(0), dtype=torch.bool, device=image.device) if present is None else present
+        x = self.apply_token_mask(x, token_mask)
+        if self.cls is not None:
+            x = torch.cat([self.cls.to(x.dtype).expand(x.size(0), 1, -1), x], dim=1)
         mask = present.bool()[:, None].expand(-1, x.size(1))
-        return self.finish(self.apply_token_mask(x, token_mask), mask)
+        return self.finish(x, mask)
 
     def patchify(self, batch: Batch) -> Tensor:
         """(B, N, p*p*C): the pixels of each patch, (row, col, channel) order as in MAE."""
@@ -145,6 +170,10 @@ class AudioEmbedder(Embedder):
 
     Token j starts at frame j*s and is valid iff that frame is. Invalid frames are zeroed before
     each convolution, so padding values and padding length never change a valid token.
+
+    ``cfg.audio.stem == "whisper"``: Whisper's stem, conv(k3, s1) -> GELU -> conv(k3, s2) -> GELU
+    and no projection. Invalid frames are zeroed once, before the first convolution, so the
+    tokens equal Whisper's on zero-padded features (and still never depend on the padding).
     """
 
     modality = "audio"
@@ -154,14 +183,19 @@ class AudioEmbedder(Embedder):
         a = cfg.audio
         self.subsample, self.n_mels = int(a.subsample), a.n_mels
         self.patch_dim = self.subsample * self.n_mels  # width of patchify's targets
+        self.whisper = getattr(a, "stem", "conv") == "whisper"
         steps = self.subsample.bit_length() - 1  # 1, 2, 4, 8 -> 0, 1, 2, 3 halvings
         convs, ch = [], a.n_mels
-        for _ in range(max(steps, 1)):
-            convs.append(nn.Conv1d(ch, cfg.width, 3, stride=2 if steps else 1, padding=1))
-            ch = cfg.width
+        if self.whisper:
+            convs = [nn.Conv1d(a.n_mels, cfg.width, 3, padding=1),
+                     nn.Conv1d(cfg.width, cfg.width, 3, stride=2, padding=1)]
+        else:
+            for _ in range(max(steps, 1)):
+                convs.append(nn.Conv1d(ch, cfg.width, 3, stride=2 if steps else 1, padding=1))
+                ch = cfg.width
         self.convs = nn.ModuleList(convs)
         self.act = nn.GELU()
-        self.proj = nn.Linear(cfg.width, cfg.width)
+        self.proj = nn.Identity() if self.whisper else nn.Linear(cfg.width, cfg.width)
         n = a.max_frames // self.subsample + 1
         self.positions = LearnedPositions(n, cfg.width) if a.positions == "learned" else SinusoidalPositions(n, cfg.width)
 
@@ -169,8 +203,9 @@ class AudioEmbedder(Embedder):
         x = batch["audio"]
         mask = batch.get("audio_mask")
         mask = torch.ones(x.size(0), x.size(-1), dtype=torch.bool, device=x.device) if mask is None else mask.bool()
-        for conv in self.convs:
-            x = x * mask[:, None, :].to(x.dtype)
+        for i, conv in enumerate(self.convs):
+            if i == 0 or not self.whisper:
+                x = x * mask[:, None, :].to(x.dtype)
             x = self.act(conv(x))
             mask = mask[:, :: conv.stride[0]]
         x = self.proj(x.transpose(1, 2))  # (B, N, W)

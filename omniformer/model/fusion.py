@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .encoders import ENCODERS
-from .transformer import Encoder, block_kwargs
+from .encoders import ENCODERS, embedder_config
+from .transformer import Encoder, block_kwargs, tower_kwargs
 
 
 @dataclass
@@ -46,8 +46,11 @@ class Omniformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.modalities = list(cfg.modalities)
-        self.embedders = nn.ModuleDict({m: ENCODERS[m](cfg) for m in self.modalities})
-        self.towers = nn.ModuleDict({m: Encoder(cfg.tower_depth, **block_kwargs(cfg)) for m in self.modalities})
+        self.embedders = nn.ModuleDict({m: ENCODERS[m](embedder_config(cfg, m)) for m in self.modalities})
+        self.towers = nn.ModuleDict({m: Encoder(**tower_kwargs(cfg, m)) for m in self.modalities})
+        # An imported tower narrower or wider than the fusion layers gets a projection to the model width.
+        widths = {m: tower_kwargs(cfg, m)["width"] for m in self.modalities}
+        self.tower_proj = nn.ModuleDict({m: nn.Linear(w, cfg.width) for m, w in widths.items() if w != cfg.width})
         self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.width) * 0.02)
         self.fusion = Encoder(cfg.depth, **block_kwargs(cfg))
         self.apply(_init_weights)
@@ -60,6 +63,8 @@ class Omniformer(nn.Module):
         """Embed one modality and run its tower: (tokens (B, N, width), mask (B, N)); invalid tokens zeroed."""
         tokens, mask = self.embedders[modality](batch, token_mask=token_mask)
         tokens = self.towers[modality](tokens, mask)
+        if modality in self.tower_proj:
+            tokens = self.tower_proj[modality](tokens)
         return tokens * mask[..., None].to(tokens.dtype), mask
 
     def forward(self, batch: dict, token_masks: dict[str, Tensor] | None = None,

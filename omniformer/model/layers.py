@@ -8,14 +8,23 @@ from torch import Tensor, nn
 LayerNorm = nn.LayerNorm
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation CLIP was trained with."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
 def activation_layer(name: str) -> nn.Module:
     if name == "gelu":
         return nn.GELU()
     if name == "gelu_tanh":
         return nn.GELU(approximate="tanh")
+    if name == "quick_gelu":
+        return QuickGELU()
     if name == "relu":
         return nn.ReLU()
-    raise ValueError(f"unknown activation {name!r}; expected gelu, gelu_tanh or relu")
+    raise ValueError(f"unknown activation {name!r}; expected gelu, gelu_tanh, quick_gelu or relu")
 
 
 class FeedForward(nn.Module):

@@ -17,11 +17,12 @@ class EncoderBlock(nn.Module):
     """Pre-LN (x + attn(ln(x)); stable, the default) or post-LN (ln(x + attn(x)); BERT)."""
 
     def __init__(self, width: int, heads: int, mlp_hidden: int, dropout: float = 0.0, attn_dropout: float = 0.0,
-                 norm: Literal["pre", "post"] = "pre", eps: float = 1e-5, activation: str = "gelu"):
+                 norm: Literal["pre", "post"] = "pre", eps: float = 1e-5, activation: str = "gelu",
+                 causal: bool = False):
         super().__init__()
         if norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
-        self.pre_norm = norm == "pre"
+        self.pre_norm, self.causal = norm == "pre", causal
         self.ln1 = LayerNorm(width, eps=eps)
         self.attn = MultiHeadAttention(width, heads, dropout=attn_dropout)
         self.ln2 = LayerNorm(width, eps=eps)
@@ -30,23 +31,28 @@ class EncoderBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if self.pre_norm:
-            x = x + self.drop(self.attn(self.ln1(x), key_padding_mask=mask))
+            x = x + self.drop(self.attn(self.ln1(x), key_padding_mask=mask, causal=self.causal))
             return x + self.mlp(self.ln2(x))
-        x = self.ln1(x + self.drop(self.attn(x, key_padding_mask=mask)))
+        x = self.ln1(x + self.drop(self.attn(x, key_padding_mask=mask, causal=self.causal)))
         return self.ln2(x + self.mlp(x))
 
 
 class Encoder(nn.Module):
-    """``depth`` EncoderBlocks; a final LayerNorm for pre-LN (post-LN blocks end normalised). depth 0 = identity."""
+    """``depth`` EncoderBlocks; a final LayerNorm for pre-LN (post-LN blocks end normalised). depth 0 = identity.
+
+    ``causal=True`` makes every block's self-attention causal (CLIP's text tower); ``final_ln=False``
+    drops the final LayerNorm of a pre-LN stack (an imported tower that has none).
+    """
 
     def __init__(self, depth: int, width: int, heads: int, mlp_hidden: int, dropout: float = 0.0,
                  attn_dropout: float = 0.0, norm: Literal["pre", "post"] = "pre", eps: float = 1e-5,
-                 activation: str = "gelu"):
+                 activation: str = "gelu", causal: bool = False, final_ln: bool = True):
         super().__init__()
         self.blocks = nn.ModuleList(
-            EncoderBlock(width, heads, mlp_hidden, dropout, attn_dropout, norm, eps, activation) for _ in range(depth)
+            EncoderBlock(width, heads, mlp_hidden, dropout, attn_dropout, norm, eps, activation, causal)
+            for _ in range(depth)
         )
-        self.ln_f = LayerNorm(width, eps=eps) if norm == "pre" and depth > 0 else nn.Identity()
+        self.ln_f = LayerNorm(width, eps=eps) if norm == "pre" and depth > 0 and final_ln else nn.Identity()
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x (B, N, W); mask (B, N) True = real token."""
@@ -101,6 +107,17 @@ class Decoder(nn.Module):
         for block in self.blocks:
             x = block(x, context, mask, context_mask)
         return self.ln_f(x)
+
+
+def tower_kwargs(cfg, modality: str) -> dict:
+    """Encoder keyword arguments (with depth) for ``modality``'s tower: its TowerConfig if it has one
+    (an imported tower), else the model's shape with ``tower_depth`` layers."""
+    tower = getattr(getattr(cfg, modality, None), "tower", None)
+    if tower is None:
+        return dict(depth=cfg.tower_depth, **block_kwargs(cfg))
+    return dict(depth=tower.depth, width=tower.width, heads=tower.heads, mlp_hidden=tower.mlp_hidden,
+                dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, norm=tower.norm, eps=tower.layer_norm_eps,
+                activation=tower.activation, causal=tower.causal, final_ln=tower.final_ln)
 
 
 def block_kwargs(cfg) -> dict:
