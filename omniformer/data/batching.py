@@ -42,7 +42,7 @@ class MultimodalDataset(Dataset):
                  tokenizer: Tokenizer | None = None, image: Callable | None = None,
                  audio: Callable | None = None, text_field: str = "text", audio_field: str = "audio",
                  text_max_len: int = 64, answers: Sequence[str] | None = None,
-                 modes: Sequence[str] | str = "both", cache_audio: bool = True):
+                 modes: Sequence[str] | str = "both", cache_audio: bool = True, cache_images: bool = True):
         self.manifest = Path(manifest)
         self.samples = list(samples)
         self.tokenizer, self.image, self.audio = tokenizer, image, audio
@@ -51,17 +51,25 @@ class MultimodalDataset(Dataset):
         self.modes = [modes] * len(self.samples) if isinstance(modes, str) else list(modes)
         if len(self.modes) != len(self.samples):
             raise ValueError(f"modes: expected {len(self.samples)} entries, got {len(self.modes)}")
-        # Speech files are shared by many samples (one recording per distinct sentence), so
-        # deterministic features are computed once per worker.
-        deterministic_audio = audio is not None and not getattr(audio, "augment", False)
-        self._audio_features = functools.lru_cache(maxsize=4096)(self._load_audio) \
-            if cache_audio and deterministic_audio else self._load_audio
+        # Many samples share one image (captions and questions about the same scene) or one
+        # recording (one per distinct sentence), so deterministic features are computed once
+        # per worker and kept; augmented ones are drawn fresh every time.
+        self._audio_features = self._cached(self._load_audio, audio, cache_audio, 8192)
+        self._image_features = self._cached(self._load_image, image, cache_images, 16384)
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    @staticmethod
+    def _cached(load: Callable, preprocessor: Callable | None, enabled: bool, size: int) -> Callable:
+        deterministic = preprocessor is not None and not getattr(preprocessor, "augment", False)
+        return functools.lru_cache(maxsize=size)(load) if enabled and deterministic else load
+
     def _load_audio(self, rel: str) -> torch.Tensor:
         return self.audio(resolve(self.manifest, rel))
+
+    def _load_image(self, rel: str) -> torch.Tensor:
+        return self.image(resolve(self.manifest, rel))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample, mode = self.samples[index], self.modes[index]
@@ -70,7 +78,7 @@ class MultimodalDataset(Dataset):
         if self.tokenizer is not None and text and mode in ("text", "both"):
             item["text"] = torch.tensor(self.tokenizer.encode(text, self.text_max_len), dtype=torch.long)
         if self.image is not None and sample.get("image"):
-            item["image"] = self.image(resolve(self.manifest, sample["image"]))
+            item["image"] = self._image_features(sample["image"])
         audio_rel = sample.get(self.audio_field)
         if self.audio is not None and audio_rel and mode in ("audio", "both"):
             item["audio"] = self._audio_features(audio_rel)
