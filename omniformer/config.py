@@ -223,6 +223,10 @@ class ImageConfig:
     positions: Literal["learned", "sinusoidal"] = "learned"
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    # Two coordinate channels (x, y in [-1, 1]) fed to the conv stem with the pixels, so each
+    # token carries where it is in its content (CoordConv; Relation Networks tag cells the
+    # same way). Learned positions alone start too small to answer left/right questions early.
+    coordinates: bool = True
     cls_token: bool = False        # a learned [CLS] token before the patches (ViT, CLIP)
     patch_bias: bool = True        # the patch stem's bias (CLIP's has none)
     tower: TowerConfig | None = None

@@ -1,7 +1,7 @@
 """Model code: attention, layers, transformer stacks, per-modality embedders, fusion backbone, heads."""
 from .attention import MultiHeadAttention, build_attention_mask
 from .encoders import ENCODERS, AudioEmbedder, Embedder, ImageEmbedder, TextEmbedder
-from .fusion import FusionOutput, Omniformer
+from .fusion import FusionOutput, Omniformer, init_weights
 from .heads import AnswerHead, ContrastiveHead, MaskedPatchHead, MatchingHead, MLMHead
 from .layers import FeedForward, LayerNorm, LearnedPositions, SinusoidalPositions, sinusoidal_positions, sinusoidal_positions_2d
 from .transformer import Decoder, DecoderBlock, Encoder, EncoderBlock, block_kwargs
@@ -9,7 +9,7 @@ from .transformer import Decoder, DecoderBlock, Encoder, EncoderBlock, block_kwa
 __all__ = [
     "MultiHeadAttention", "build_attention_mask",
     "ENCODERS", "Embedder", "TextEmbedder", "ImageEmbedder", "AudioEmbedder",
-    "Omniformer", "FusionOutput",
+    "Omniformer", "FusionOutput", "init_weights",
     "MLMHead", "MatchingHead", "ContrastiveHead", "AnswerHead", "MaskedPatchHead",
     "FeedForward", "LayerNorm", "LearnedPositions", "SinusoidalPositions", "sinusoidal_positions", "sinusoidal_positions_2d",
     "Encoder", "EncoderBlock", "Decoder", "DecoderBlock", "block_kwargs",

@@ -126,8 +126,10 @@ class ImageEmbedder(Embedder):
         if c.stem == "patch":
             self.stem = nn.Conv2d(c.channels, cfg.width, c.patch_size, stride=c.patch_size,
                                   bias=getattr(c, "patch_bias", True))
+            self.coordinates = False
         else:
-            self.stem = _conv_stem(c.channels, cfg.width, c.patch_size)
+            self.coordinates = getattr(c, "coordinates", False)
+            self.stem = _conv_stem(c.channels + 2 * self.coordinates, cfg.width, c.patch_size)
         n = self.grid * self.grid
         self.patch_dim = c.patch_size * c.patch_size * c.channels  # width of patchify's targets
         self.cls = nn.Parameter(torch.randn(cfg.width) * 0.02) if getattr(c, "cls_token", False) else None
@@ -147,6 +149,8 @@ class ImageEmbedder(Embedder):
     def forward(self, batch: Batch, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         image = batch["image"]
         self._check(image)
+        if self.coordinates:
+            image = torch.cat([image, self._coordinate_channels(image)], dim=1)
         x = self.stem(image).flatten(2).transpose(1, 2)  # (B, N, W), patches in row-major order
         present = batch.get("image_mask")
         present = torch.ones(image.size(0), dtype=torch.bool, device=image.device) if present is None else present
@@ -155,6 +159,14 @@ class ImageEmbedder(Embedder):
             x = torch.cat([self.cls.to(x.dtype).expand(x.size(0), 1, -1), x], dim=1)
         mask = present.bool()[:, None].expand(-1, x.size(1))
         return self.finish(x, mask)
+
+    @staticmethod
+    def _coordinate_channels(image: Tensor) -> Tensor:
+        B, _, H, W = image.shape
+        ys = torch.linspace(-1, 1, H, device=image.device, dtype=image.dtype)
+        xs = torch.linspace(-1, 1, W, device=image.device, dtype=image.dtype)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        return torch.stack([grid_x, grid_y]).expand(B, -1, -1, -1)
 
     def patchify(self, batch: Batch) -> Tensor:
         """(B, N, p*p*C): the pixels of each patch, (row, col, channel) order as in MAE."""

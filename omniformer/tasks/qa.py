@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from ..config import ModelConfig, RunConfig, from_dict
 from ..data.batching import IGNORE, MultimodalDataset, collate
 from ..data.text import Tokenizer
-from ..model import AnswerHead, Omniformer
+from ..model import AnswerHead, Omniformer, init_weights
 from ..train import checkpoint as ckpt
 from .common import audio_preprocessor, image_preprocessor
 
@@ -34,6 +34,7 @@ class QAModel(nn.Module):
         super().__init__()
         self.backbone = Omniformer(cfg)
         self.answer_head = AnswerHead(cfg.width, num_answers, hidden=2 * cfg.width, dropout=cfg.dropout)
+        self.answer_head.apply(init_weights)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.answer_head(self.backbone(batch).cls)

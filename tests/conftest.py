@@ -1,0 +1,49 @@
+"""Shared fixtures: a small ShapesWorld and a QA model trained on it, made once per test session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# A small, easy ShapesWorld (objects on a grid aligned with the patches) and a small model:
+# enough to learn in well under a minute on 2 cores.
+SMALL_SHAPES = ["--data.shapes.images=400", "--data.shapes.size=32", "--data.shapes.layout=grid",
+                "--data.shapes.grid=4", "--data.shapes.max_objects=4", "--data.shapes.voices=3",
+                "--model.image.size=32", "--model.image.patch_size=8"]
+SMALL_MODEL = ["--model.width=64", "--model.heads=4", "--model.depth=2", "--model.tower_depth=1",
+               "--model.audio.subsample=8", "--model.audio.n_mels=40"]
+
+
+def small_config(out_dir: Path, data_dir: Path, *extra: str):
+    from omniformer.config import load_config
+    return load_config(ROOT / "configs" / "quickstart.yaml",
+                       [f"--out_dir={out_dir}", f"--data.shapes_dir={data_dir}", *SMALL_SHAPES, *SMALL_MODEL,
+                        "--pretrain.workers=0", "--finetune.workers=0", "--pretrain.progress=false",
+                        "--finetune.progress=false", *extra])
+
+
+@pytest.fixture(scope="session")
+def small_shapes(tmp_path_factory) -> Path:
+    """The manifest of a small ShapesWorld (400 images, grid layout, 3 voices)."""
+    from omniformer.tasks.pipeline import ensure_data
+    root = tmp_path_factory.mktemp("shapes")
+    cfg = small_config(root / "run", root / "data")
+    return ensure_data(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_qa(tmp_path_factory, small_shapes) -> tuple[Path, Path]:
+    """(checkpoint folder, manifest) of a QA model fine-tuned from scratch on the counting
+    questions of ``small_shapes``: the family a small model learns within a CI-sized budget
+    (binding a colour word to its object takes thousands of steps; see the quickstart)."""
+    from omniformer.data.manifest import read_manifest, write_manifest
+    from omniformer.tasks.pipeline import finetune
+    counting = [s for s in read_manifest(small_shapes) if s.get("meta", {}).get("family") == "count"]
+    manifest = write_manifest(small_shapes.parent / "counting.jsonl", counting)
+    root = tmp_path_factory.mktemp("trained_qa")
+    cfg = small_config(root, small_shapes.parent, f"--data.manifest={manifest}", "--finetune.steps=600",
+                       "--finetune.eval_every=600", "--finetune.lr=2e-3", "--spoken_fraction=0.0")
+    return finetune(cfg, init=None, progress=False), manifest

@@ -1,0 +1,62 @@
+"""The main job end to end on a small ShapesWorld: it learns, resumes, and the CLI drives it."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, small_config
+
+
+def test_qa_learns_counting(trained_qa):
+    """Trained in the fixture from scratch for 600 steps: counting answers are zero..four
+    (chance about 25%); the model must get most of the held-out test questions right."""
+    from omniformer.tasks.pipeline import evaluate
+    model_dir, manifest = trained_qa
+    result = evaluate(model_dir, manifest, "test", ways=("text",))
+    assert result.samples >= 30
+    assert result.metrics["text/family/count"] >= 0.6, result.metrics
+
+
+def test_pretrain_then_finetune_from_it_and_resume(tmp_path, small_shapes):
+    from omniformer.tasks.pipeline import finetune, pretrain
+    from omniformer.train import checkpoint as ckpt
+    cfg = small_config(tmp_path, small_shapes.parent, "--pretrain.steps=6", "--pretrain.save_every=3",
+                       "--pretrain.eval_every=6", "--pretrain.batch_size=16", "--objectives.masked_patch=0.5")
+    pretrained = pretrain(cfg)
+    meta = ckpt.read_meta(pretrained)
+    assert meta["task"] == "pretrain" and ckpt.read_trainer_state(pretrained)["step"] == 6
+    # Resuming a finished run is a no-op; resuming with more steps continues from step 6.
+    more = small_config(tmp_path, small_shapes.parent, "--pretrain.steps=8", "--pretrain.save_every=3",
+                        "--pretrain.eval_every=8", "--pretrain.batch_size=16", "--objectives.masked_patch=0.5")
+    pretrain(more, resume=True)
+    assert ckpt.read_trainer_state(tmp_path / "pretrain" / "last")["step"] == 8
+    qa_cfg = small_config(tmp_path, small_shapes.parent, "--finetune.steps=4", "--finetune.eval_every=4",
+                          "--finetune.batch_size=16", "--finetune.eval_batches=1")
+    best = finetune(qa_cfg, init=pretrained)
+    assert ckpt.read_meta(best)["init"] == str(pretrained)
+
+
+def test_quickstart_cli_end_to_end(tmp_path):
+    out = tmp_path / "metrics.json"
+    args = [sys.executable, "-m", "omniformer.cli", "quickstart", f"--json={out}",
+            f"--out_dir={tmp_path / 'run'}", f"--data.shapes_dir={tmp_path / 'data'}",
+            "--data.shapes.images=60", "--data.shapes.voices=3", "--model.width=32", "--model.heads=2",
+            "--model.depth=1", "--pretrain.steps=3", "--finetune.steps=3", "--pretrain.batch_size=8",
+            "--finetune.batch_size=8", "--pretrain.workers=0", "--finetune.workers=0", "--pretrain.progress=false",
+            "--finetune.progress=false"]
+    run = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Results on the test split" in run.stdout and "asked by voice" in run.stdout
+    summary = json.loads(out.read_text())
+    assert 0 <= summary["metrics"]["text/accuracy"] <= 1 and "spoken/accuracy" in summary["metrics"]
+    ask = subprocess.run([sys.executable, "-m", "omniformer.cli", "ask", "--model", summary["model"], "--image",
+                          str(tmp_path / "data" / summary["examples"][0]["image"]), "--question",
+                          summary["examples"][0]["question"]], capture_output=True, text=True, cwd=ROOT)
+    assert ask.returncode == 0 and "Q:" in ask.stdout and "%" in ask.stdout
+
+
+def test_unknown_override_fails_clearly(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "omniformer.cli", "pretrain", "--model.widht=3"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and "model.widht" in run.stderr and "width" in run.stderr
