@@ -10,7 +10,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # A small, easy ShapesWorld (objects on a grid aligned with the patches) and a small model:
 # enough to learn in well under a minute on 2 cores.
-SMALL_SHAPES = ["--data.shapes.images=400", "--data.shapes.size=32", "--data.shapes.layout=grid",
+SMALL_SHAPES = ["--data.shapes.images=1500", "--data.shapes.size=32", "--data.shapes.layout=grid",
                 "--data.shapes.grid=4", "--data.shapes.max_objects=4", "--data.shapes.voices=3",
                 "--model.image.size=32", "--model.image.patch_size=8"]
 SMALL_MODEL = ["--model.width=64", "--model.heads=4", "--model.depth=2", "--model.tower_depth=1",
@@ -27,7 +27,7 @@ def small_config(out_dir: Path, data_dir: Path, *extra: str):
 
 @pytest.fixture(scope="session")
 def small_shapes(tmp_path_factory) -> Path:
-    """The manifest of a small ShapesWorld (400 images, grid layout, 3 voices)."""
+    """The manifest of a small ShapesWorld (1500 images, grid layout, 3 voices)."""
     from omniformer.tasks.pipeline import ensure_data
     root = tmp_path_factory.mktemp("shapes")
     cfg = small_config(root / "run", root / "data")
@@ -36,12 +36,12 @@ def small_shapes(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_qa(tmp_path_factory, small_shapes) -> tuple[Path, Path]:
-    """(checkpoint folder, manifest) of a QA model fine-tuned from scratch on the counting
-    questions of ``small_shapes``: the family a small model learns within a CI-sized budget
-    (binding a colour word to its object takes thousands of steps; see the quickstart)."""
+    """(checkpoint folder, manifest) of a QA model fine-tuned from scratch on the object-counting
+    questions of ``small_shapes``: what a small model learns within a CI-sized budget (binding a
+    colour or shape word to its object takes thousands of steps; see the quickstart)."""
     from omniformer.data.manifest import read_manifest, write_manifest
     from omniformer.tasks.pipeline import finetune
-    counting = [s for s in read_manifest(small_shapes) if s.get("meta", {}).get("family") == "count"]
+    counting = [s for s in read_manifest(small_shapes) if s.get("question", "").startswith("how many objects are there")]
     manifest = write_manifest(small_shapes.parent / "counting.jsonl", counting)
     root = tmp_path_factory.mktemp("trained_qa")
     cfg = small_config(root, small_shapes.parent, f"--data.manifest={manifest}", "--finetune.steps=600",

@@ -9,13 +9,13 @@ from conftest import ROOT, small_config
 
 
 def test_qa_learns_counting(trained_qa):
-    """Trained in the fixture from scratch for 600 steps: counting answers are zero..four
-    (chance about 25%); the model must get most of the held-out test questions right."""
+    """Trained in the fixture from scratch for 600 steps on "how many objects are there?"
+    (two, three or four: chance is a third); it must get nearly all held-out questions right."""
     from omniformer.tasks.pipeline import evaluate
     model_dir, manifest = trained_qa
     result = evaluate(model_dir, manifest, "test", ways=("text",))
-    assert result.samples >= 30
-    assert result.metrics["text/family/count"] >= 0.6, result.metrics
+    assert result.samples >= 20
+    assert result.metrics["text/family/count"] >= 0.85, result.metrics
 
 
 def test_pretrain_then_finetune_from_it_and_resume(tmp_path, small_shapes):

@@ -197,7 +197,7 @@ async function ask(expected) {
   form.append("image", state.image, state.image.name || "image");
   if (question) form.append("question", question);
   if (state.audio) form.append("audio", state.audio, state.audio.name || "question.wav");
-  form.append("top_k", "5");
+  form.append("top_k", String(state.topK || 5));
   const button = $("ask"), result = $("result");
   button.disabled = true; result.setAttribute("aria-busy", "true");
   try {
@@ -280,6 +280,7 @@ async function loadModel() {
   const info = await response.json();
   state.maxAudioSeconds = info.max_audio_seconds;
   state.sampleRate = info.audio_sample_rate;
+  state.topK = Math.min(5, info.answers.length);  // a small answer vocabulary has fewer than 5
   $("model-name").textContent = `Model: ${info.model} · ${info.answers.length} possible answers`;
 }
 
