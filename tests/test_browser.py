@@ -107,7 +107,14 @@ def _answer_shown(page, asked: str) -> str:
     best = page.locator("#answer-main").inner_text().strip()
     assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
     # Bars are drawn: the first (best) bar is the widest, and wider than nothing.
-    page.wait_for_function("document.querySelector('#bars li .fill').getBoundingClientRect().width > 2")
+    # Polled from Python: the page's CSP forbids the string evaluation wait_for_function uses.
+    fill = page.locator("#bars li .fill").first
+    for _ in range(100):
+        box = fill.bounding_box()
+        if box and box["width"] > 2:
+            break
+        page.wait_for_timeout(100)
+    assert box and box["width"] > 2, box
     widths = page.eval_on_selector_all("#bars .fill", "els => els.map(e => e.getBoundingClientRect().width)")
     assert widths[0] == max(widths)
     return best
