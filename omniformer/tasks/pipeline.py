@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -40,7 +41,8 @@ def ensure_data(cfg: RunConfig, progress: bool = True) -> Path:
             return manifest
         raise FileExistsError(f"{out} holds ShapesWorld made with other settings ({made_with}); "
                               f"choose another data.shapes_dir or delete it")
-    return generate_shapes(out, cfg.data.shapes, workers=max(1, cfg.pretrain.workers), progress=progress)
+    # Generation runs in processes of its own, whatever the training loader's worker count.
+    return generate_shapes(out, cfg.data.shapes, workers=min(2, os.cpu_count() or 1), progress=progress)
 
 
 def answer_vocabulary(samples: list[dict]) -> list[str]:
