@@ -125,7 +125,9 @@ def test_cpu_optimizer_is_fused_and_matches_the_loop():
         fused.step()
         loop.step()
     for (n, a), b in zip(models[0].named_parameters(), models[1].parameters()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=lambda m, n=n: f"{n}: {m}")
+        # The fused kernel rounds differently from the loop (its vector path depends on alignment),
+        # by up to ~3e-6 after three steps of 1e-2; a wrong update rule would differ by ~1e-2.
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=lambda m, n=n: f"{n}: {m}")
 
 
 def test_gpu_mfu_script_runs_in_cpu_smoke_mode(tmp_path):
