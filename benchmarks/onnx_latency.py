@@ -12,7 +12,6 @@ shows the largest logit difference between the two.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -22,10 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omniformer.cli import recipe_path
-from omniformer.config import load_config
 from omniformer.interop.onnx import example_inputs, export_qa, onnx_session, run_onnx
-from omniformer.tasks.qa import QAModel
+from common import random_qa_model, write_json
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -52,10 +49,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    cfg = load_config(recipe_path(args.config))
-    cfg.model.vocab_size = cfg.data.vocab_size
-    torch.manual_seed(0)
-    model = QAModel(cfg.model, args.answers).eval()
+    cfg, model = random_qa_model(args.config, args.answers)
     params = sum(p.numel() for p in model.parameters())
     results = {"config": args.config, "parameters": params, "threads": args.threads, "repeats": args.repeats,
                "text_len": args.text_len, "frames": args.frames, "torch": torch.__version__,
@@ -83,10 +77,7 @@ def main() -> None:
     for r in results["rows"]:
         print(f"{r['batch']:>5}  {r['torch_ms']:>10.2f}  {r['onnxruntime_ms']:>8.2f}  {r['speedup']:>7.2f}x  "
               f"{r['max_abs_diff']:>10.1e}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

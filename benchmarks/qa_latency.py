@@ -19,7 +19,6 @@ and at the model's own batch-1 layer shape.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -27,9 +26,7 @@ import time
 import torch
 from torch.utils import flop_counter as fc
 
-from omniformer.cli import recipe_path
-from omniformer.config import load_config
-from omniformer.tasks.qa import QAModel
+from common import random_qa_model, write_json
 
 _aten = torch.ops.aten
 SDPA_FLOPS = {
@@ -106,10 +103,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    cfg = load_config(recipe_path(args.config))
-    cfg.model.vocab_size = cfg.data.vocab_size
-    torch.manual_seed(0)
-    model = QAModel(cfg.model, args.answers).eval()
+    cfg, model = random_qa_model(args.config, args.answers)
     params = sum(p.numel() for p in model.parameters())
     frames = int(args.seconds * 1000 / cfg.model.audio.hop_ms) + 1
     W = cfg.model.width
@@ -137,10 +131,7 @@ def main() -> None:
             print(f"{way:<7} {batch:>5} {p50:>8.2f} {row['p99_ms']:>8.2f} {row['mean_ms']:>8.2f} "
                   f"{row['samples_per_second']:>10.1f} {flops / 1e6:>8.1f} {row['floor_ms']:>9.3f} "
                   f"{p50 / row['floor_ms']:>9.1f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-        print(f"\nwrote {args.json}")
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

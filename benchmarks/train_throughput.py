@@ -33,7 +33,6 @@ ceiling is ``torch.mm`` on this machine at the layer shapes.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -47,6 +46,7 @@ from torch.utils import flop_counter as fc
 from omniformer.config import ImageConfig, ModelConfig, ObjectiveConfig, TextConfig
 from omniformer.objectives import mask_tokens
 from omniformer.train.optim import adamw_speed_kwargs
+from common import write_json
 
 SPECIALS = [0, 1, 2, 3, 4]  # pad, unk, [CLS], [SEP], [MASK]
 MASK_ID = 4
@@ -304,10 +304,7 @@ def main() -> None:
         run_case(case, args)
         results["cases"].append(report(case, mm))
         del case
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-        print(f"\nwrote {args.json}")
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":
