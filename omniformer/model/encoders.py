@@ -123,6 +123,7 @@ class ImageEmbedder(Embedder):
         super().__init__(cfg)
         c = cfg.image
         self.patch, self.channels, self.grid = c.patch_size, c.channels, c.size // c.patch_size
+        self.drop_flat = getattr(c, "drop_flat_patches", False)
         if c.stem == "patch":
             self.stem = nn.Conv2d(c.channels, cfg.width, c.patch_size, stride=c.patch_size,
                                   bias=getattr(c, "patch_bias", True))
@@ -158,7 +159,18 @@ class ImageEmbedder(Embedder):
         if self.cls is not None:
             x = torch.cat([self.cls.to(x.dtype).expand(x.size(0), 1, -1), x], dim=1)
         mask = present.bool()[:, None].expand(-1, x.size(1))
+        if self.drop_flat:
+            mask = mask & ~self.flat_patches(batch)
         return self.finish(x, mask)
+
+    def flat_patches(self, batch: Batch) -> Tensor:
+        """(B, (size/p)^2) True where every pixel of the patch has the same colour."""
+        pixels = self.patchify(batch).unflatten(-1, (self.patch * self.patch, self.channels))
+        spread = (pixels.amax(2) - pixels.amin(2)).amax(-1)  # (B, N): the widest channel range
+        flat = spread <= 1e-6
+        if self.cls is not None:
+            flat = torch.cat([flat.new_zeros(flat.size(0), 1), flat], dim=1)
+        return flat
 
     @staticmethod
     def _coordinate_channels(image: Tensor) -> Tensor:
