@@ -129,3 +129,45 @@ def test_load_rejects_wrong_shapes_with_tensor_name(tmp_path):
         ckpt.load_weights(tmp_path / "c", other)
     with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
         ckpt.load_weights(tmp_path / "nothing", other)
+
+
+class IndexRecorder(ToyModel):
+    def __init__(self, fail_at=None):
+        super().__init__(fail_at)
+        self.seen = []
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        self.seen.append(sorted(batch["index"].tolist()))
+        return out
+
+
+def test_curriculum_draws_its_subset_first_then_everything(tmp_path):
+    subset = list(range(0, 96, 3))  # 32 of the 96 samples: two batches of 16
+    model = IndexRecorder()
+    config = cfg(steps=10, curriculum_steps=4, curriculum_families=["toy"])
+    fit(model, Toy(), config, tmp_path, collate_fn=collate, meta={}, curriculum=subset)
+    early, late = model.seen[:4], model.seen[4:]
+    assert all(set(b) <= set(subset) for b in early)
+    assert sorted(i for b in early[:2] for i in b) == subset  # a whole epoch of the subset first
+    assert sorted(i for b in late for i in b) == list(range(96))  # then the full set's first epoch
+
+
+def test_curriculum_resume_is_exact(tmp_path):
+    subset = list(range(0, 96, 3))
+    config = cfg(steps=10, curriculum_steps=6, curriculum_families=["toy"], save_every=3)
+    straight = IndexRecorder()
+    fit(straight, Toy(), config, tmp_path / "a", collate_fn=collate, meta={}, curriculum=subset)
+    crashed = IndexRecorder(fail_at=4)  # dies during step 5, inside the curriculum, after the step-3 checkpoint
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(crashed, Toy(), config, tmp_path / "b", collate_fn=collate, meta={}, curriculum=subset)
+    resumed = IndexRecorder()
+    fit(resumed, Toy(), config, tmp_path / "b", collate_fn=collate, meta={}, resume=True, curriculum=subset)
+    assert resumed.seen == straight.seen[3:]
+    assert resumed.losses == pytest.approx(straight.losses[3:], abs=1e-6)
+
+
+def test_curriculum_without_samples_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="curriculum"):
+        fit(ToyModel(), Toy(), cfg(curriculum_steps=2, curriculum_families=["shape"]), tmp_path,
+            collate_fn=collate, meta={}, curriculum=[])

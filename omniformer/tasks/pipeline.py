@@ -146,8 +146,15 @@ def finetune(cfg: RunConfig, init: str | Path | None = None, resume: bool = Fals
 
     meta = meta_for(QA_TASK, cfg, answers=answers, init=str(init) if init else None,
                     model_id=f"omniformer-qa-{Path(cfg.out_dir).name}")
+    # The curriculum's questions are asked in text: speech joins once words are bound to objects.
+    families = set(cfg.finetune.curriculum_families)
+    curriculum = [i for i, (s, mode) in enumerate(zip(train, modes))
+                  if mode == "text" and s.get("meta", {}).get("family") in families] if families else None
+    # Bucket keys: equal keys keep their shuffled order, so "modality" batches are otherwise random.
+    lengths = train_set.lengths() if cfg.finetune.bucket == "length" else [("text", "audio", "both").index(m) for m in modes]
     fit(model, train_set, cfg.finetune, out, collate_fn=collate, meta=meta, tokenizer=tokenizer,
-        lengths=train_set.lengths(), evaluate=evaluate if val else None, resume=resume, name="finetune")
+        lengths=lengths, evaluate=evaluate if val else None, resume=resume, name="finetune",
+        curriculum=curriculum)
     return out / "best"
 
 

@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -78,8 +78,12 @@ def _worker_init(worker_id: int) -> None:
 def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path, *,
         collate_fn: Callable, meta: dict[str, Any], tokenizer=None, lengths: list[int] | None = None,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None, score_key: str = "score",
-        resume: bool = False, name: str = "train") -> FitResult:
-    """Train ``model`` for ``cfg.steps`` optimizer steps; checkpoints go to ``out_dir/{last,best}``."""
+        resume: bool = False, name: str = "train", curriculum: Sequence[int] | None = None) -> FitResult:
+    """Train ``model`` for ``cfg.steps`` optimizer steps; checkpoints go to ``out_dir/{last,best}``.
+
+    ``curriculum``: indices into ``train_set`` that the first ``cfg.curriculum_steps`` steps
+    draw from (all of them afterwards); ``--resume`` continues either phase exactly.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
@@ -92,9 +96,15 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
     sampler = BucketBatchSampler(lengths if lengths is not None else [0] * len(train_set),
                                  cfg.batch_size, shuffle=True, drop_last=len(train_set) >= cfg.batch_size,
                                  seed=cfg.seed)
-    batches_per_epoch = len(sampler)
-    if batches_per_epoch == 0:
+    if len(sampler) == 0:
         raise ValueError(f"{name}: the training set is empty")
+    warm_batches = cfg.curriculum_steps * cfg.grad_accum if cfg.curriculum_steps else 0
+    if warm_batches and not curriculum:
+        raise ValueError(f"{name}: curriculum_steps={cfg.curriculum_steps} but no training sample is in the "
+                         f"curriculum (families {cfg.curriculum_families})")
+    all_lengths = lengths if lengths is not None else [0] * len(train_set)
+    warm_sampler = BucketBatchSampler([all_lengths[i] for i in curriculum or []], cfg.batch_size, shuffle=True,
+                                      drop_last=len(curriculum or []) >= cfg.batch_size, seed=cfg.seed + 1)
 
     step, best_score, best_step = 0, None, None
     last_dir, best_dir = out_dir / "last", out_dir / "best"
@@ -121,17 +131,29 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
         ckpt.save_checkpoint(path, model, meta, tokenizer, optimizer if with_optimizer else None,
                              trainer_state() if with_optimizer else None)
 
-    def batches_from(position: int):
-        """Batches from micro-batch ``position`` on; the order depends only on seed and epoch."""
-        epoch, skip = divmod(position, batches_per_epoch)
+    def epoch_orders(batch_sampler: BucketBatchSampler, position: int, indices=None):
+        """(epoch, batches) from micro-batch ``position`` on; the order depends only on seed and epoch."""
+        epoch, skip = divmod(position, len(batch_sampler))
         while True:
-            sampler.epoch = epoch
-            order = list(sampler)[skip:]
-            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            loader = DataLoader(train_set, batch_sampler=order, collate_fn=collate_fn, num_workers=cfg.workers,
-                                generator=gen, worker_init_fn=_worker_init, pin_memory=device.type == "cuda")
-            yield from loader
+            batch_sampler.epoch = epoch
+            order = list(batch_sampler)[skip:]
+            yield epoch, order if indices is None else [[indices[i] for i in b] for b in order]
             epoch, skip = epoch + 1, 0
+
+    def batches_from(position: int):
+        phases = []  # (epoch orders, how many batches, generator seed offset)
+        if position < warm_batches:
+            phases.append((epoch_orders(warm_sampler, position, curriculum), warm_batches - position, 50_021))
+        phases.append((epoch_orders(sampler, max(0, position - warm_batches)), None, 0))
+        for orders, budget, offset in phases:
+            for epoch, order in orders:
+                if budget is not None:
+                    order, budget = order[:budget], budget - len(order[:budget])
+                gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + offset)
+                yield from DataLoader(train_set, batch_sampler=order, collate_fn=collate_fn, num_workers=cfg.workers,
+                                      generator=gen, worker_init_fn=_worker_init, pin_memory=device.type == "cuda")
+                if budget == 0:
+                    break
 
     batches = batches_from(step * cfg.grad_accum)
     sums: dict[str, float] = {}
