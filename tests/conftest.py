@@ -37,13 +37,14 @@ def small_shapes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_qa(tmp_path_factory, small_shapes) -> tuple[Path, Path]:
     """(checkpoint folder, manifest) of a QA model fine-tuned from scratch on the object-counting
-    questions of ``small_shapes``: what a small model learns within a CI-sized budget (binding a
-    colour or shape word to its object takes thousands of steps; see the quickstart)."""
+    questions of ``small_shapes``: a quick model for the tests of what is built around it
+    (``test_binding.py`` tests what the quickstart recipe learns)."""
     from omniformer.data.manifest import read_manifest, write_manifest
     from omniformer.tasks.pipeline import finetune
     counting = [s for s in read_manifest(small_shapes) if s.get("question", "").startswith("how many objects are there")]
     manifest = write_manifest(small_shapes.parent / "counting.jsonl", counting)
     root = tmp_path_factory.mktemp("trained_qa")
     cfg = small_config(root, small_shapes.parent, f"--data.manifest={manifest}", "--finetune.steps=600",
-                       "--finetune.eval_every=600", "--finetune.lr=2e-3", "--spoken_fraction=0.0")
+                       "--finetune.eval_every=600", "--finetune.lr=2e-3", "--spoken_fraction=0.0",
+                       "--finetune.curriculum_steps=0")
     return finetune(cfg, init=None, progress=False), manifest

@@ -215,3 +215,49 @@ def test_heads():
     assert AnswerHead(32, 6)(torch.randn(2, 32)).shape == (2, 6)
     assert MaskedPatchHead(32, model.embedders["image"].patch_dim)(torch.randn(2, 16, 32)).shape == (2, 16, 48)
     assert model.embedders["audio"].patch_dim == 4 * 8
+
+
+@pytest.mark.parametrize("cls_token", [False, True])
+def test_flat_patches_are_left_out(cls_token):
+    cfg = small_cfg(image=ImageConfig(size=16, patch_size=4, drop_flat_patches=True, cls_token=cls_token))
+    emb = ImageEmbedder(cfg)
+    image = torch.ones(2, 3, 16, 16)                # white: every patch flat
+    image[0, 0, 4:8, 8:12] = -1.0                   # patch (1, 2): one flat red-ish square, still flat
+    image[0, :, 0:2, 0:4] = 0.3                     # patch (0, 0): two colours, kept
+    image[0, 1, 13, 13] = 0.0                       # patch (3, 3): one odd pixel, kept
+    tokens, mask = emb({"image": image, "image_mask": torch.tensor([True, False])})
+    kept = torch.zeros(2, 16, dtype=torch.bool)
+    kept[0, 0] = kept[0, 15] = True
+    expected = torch.cat([torch.tensor([[True], [False]]), kept], 1) if cls_token else kept
+    assert torch.equal(mask, expected)
+    assert not ImageEmbedder(small_cfg()).forward({"image": image})[1].logical_not().any()  # off by default
+
+
+def test_guided_answer_head_ignores_padding_and_survives_no_image():
+    from omniformer.model import GuidedAnswerHead
+    torch.manual_seed(0)
+    head = GuidedAnswerHead(32, 4, num_answers=5, question_modalities=["text"]).eval()
+    cls, question = torch.randn(3, 32), {"text": torch.randn(3, 32)}
+    image = torch.randn(3, 6, 32)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[2] = False                                  # no image tokens at all
+    image = image * mask[..., None]
+    logits = head(cls, question, image, mask)
+    assert torch.isfinite(logits).all()
+    changed = image.clone()
+    changed[1, 4:] = 0.0                             # padding stays zero; shorter padding must not matter
+    shorter = head(cls[1:2], {"text": question["text"][1:2]}, changed[1:2, :4], mask[1:2, :4])
+    assert torch.allclose(logits[1:2], shorter, atol=1e-6)
+    no_image = head.classifier(torch.cat([cls[2:], torch.zeros(1, 32), head.question["text"](question["text"][2:])], -1))
+    assert torch.allclose(logits[2:], no_image, atol=1e-6)
+
+
+def test_guided_answer_head_in_qa_model_any_modalities():
+    from omniformer.tasks.qa import QAModel
+    model = QAModel(small_cfg(answer_head="guided"), num_answers=7)
+    for rows in (dict(), dict(image_rows=[True, False, True, True]), dict(text_rows=[False, True, True, False])):
+        logits = model(make_batch(**rows))["logits"]
+        assert logits.shape == (4, 7) and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="answer_head=guided"):
+        QAModel(small_cfg(answer_head="guided", towers_from={"text": "bert:/nowhere"}), num_answers=3)

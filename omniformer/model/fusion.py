@@ -25,6 +25,7 @@ class FusionOutput:
     cls: Tensor                                 # (B, width) = hidden[:, 0]
     spans: dict[str, slice]                     # where each modality's tokens sit in ``hidden``
     unimodal: dict[str, tuple[Tensor, Tensor]]  # tower outputs (B, N_m, width) and masks (B, N_m)
+    embedded: dict[str, tuple[Tensor, Tensor]]  # embedder outputs, before the towers, same shapes
 
 
 def _static_graph() -> bool:
@@ -92,13 +93,16 @@ class Omniformer(nn.Module):
         """The configured modalities that are in the batch (and in ``modalities`` if given), in config order."""
         return [m for m in self.modalities if m in batch and (modalities is None or m in modalities)]
 
-    def encode_unimodal(self, batch: dict, modality: str, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Embed one modality and run its tower: (tokens (B, N, width), mask (B, N)); invalid tokens zeroed."""
-        tokens, mask = self.embedders[modality](batch, token_mask=token_mask)
-        tokens = run_encoder(self.towers[modality], tokens, mask)
+    def encode_unimodal(self, batch: dict, modality: str, token_mask: Tensor | None = None,
+                        ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """Embed one modality and run its tower: ``(tower output, embedder output)``, each a pair
+        (tokens (B, N, width), mask (B, N)) with invalid tokens zeroed."""
+        embedded, mask = self.embedders[modality](batch, token_mask=token_mask)
+        tokens = run_encoder(self.towers[modality], embedded, mask)
         if modality in self.tower_proj:
             tokens = self.tower_proj[modality](tokens)
-        return tokens * mask[..., None].to(tokens.dtype), mask
+        valid = mask[..., None].to(tokens.dtype)
+        return (tokens * valid, mask), (embedded * valid.to(embedded.dtype), mask)
 
     def forward(self, batch: dict, token_masks: dict[str, Tensor] | None = None,
                 modalities: list[str] | None = None) -> FusionOutput:
@@ -106,7 +110,8 @@ class Omniformer(nn.Module):
         present = self.present(batch, modalities)
         if not present:
             raise ValueError(f"batch holds none of the modalities {modalities or self.modalities}; keys: {sorted(batch)}")
-        unimodal = {m: self.encode_unimodal(batch, m, token_masks.get(m)) for m in present}
+        encoded = {m: self.encode_unimodal(batch, m, token_masks.get(m)) for m in present}
+        unimodal = {m: pair[0] for m, pair in encoded.items()}
         B = next(iter(unimodal.values()))[0].size(0)
         cls = self.cls_token.expand(B, -1, -1)
         parts, masks, spans, start = [cls], [torch.ones(B, 1, dtype=torch.bool, device=cls.device)], {}, 1
@@ -118,7 +123,8 @@ class Omniformer(nn.Module):
             start += tokens.size(1)
         x, mask = torch.cat(parts, dim=1), torch.cat(masks, dim=1)
         hidden = run_encoder(self.fusion, x, mask) * mask[..., None].to(x.dtype)
-        return FusionOutput(hidden=hidden, mask=mask, cls=hidden[:, 0], spans=spans, unimodal=unimodal)
+        return FusionOutput(hidden=hidden, mask=mask, cls=hidden[:, 0], spans=spans, unimodal=unimodal,
+                            embedded={m: pair[1] for m, pair in encoded.items()})
 
     @staticmethod
     def pool(tokens: Tensor, mask: Tensor) -> Tensor:

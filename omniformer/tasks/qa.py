@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from ..config import ModelConfig, RunConfig, from_dict
 from ..data.batching import IGNORE, MultimodalDataset, collate
 from ..data.text import Tokenizer
-from ..model import AnswerHead, Omniformer, init_weights
+from ..model import AnswerHead, GuidedAnswerHead, Omniformer, init_weights
 from ..train import checkpoint as ckpt
 from .common import audio_preprocessor, image_preprocessor
 
@@ -33,11 +33,24 @@ class QAModel(nn.Module):
     def __init__(self, cfg: ModelConfig, num_answers: int):
         super().__init__()
         self.backbone = Omniformer(cfg)
-        self.answer_head = AnswerHead(cfg.width, num_answers, hidden=2 * cfg.width, dropout=cfg.dropout)
+        self.guided = cfg.answer_head == "guided"
+        if self.guided:
+            if cfg.towers_from or any(getattr(getattr(cfg, m), "tower", None) for m in ("text", "image", "audio")):
+                raise ValueError("model.answer_head=guided reads the embedders at the model width; "
+                                 "it does not combine with imported towers (towers_from): use answer_head=cls")
+            asked_by = [m for m in ("text", "audio") if m in cfg.modalities]
+            self.answer_head = GuidedAnswerHead(cfg.width, cfg.heads, num_answers, asked_by, dropout=cfg.dropout,
+                                                eps=cfg.layer_norm_eps)
+        else:
+            self.answer_head = AnswerHead(cfg.width, num_answers, hidden=2 * cfg.width, dropout=cfg.dropout)
         self.answer_head.apply(init_weights)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.answer_head(self.backbone(batch).cls)
+        fused = self.backbone(batch)
+        if self.guided:
+            logits = self.answer_head(fused.cls, *self._question_and_image(fused))
+        else:
+            logits = self.answer_head(fused.cls)
         out = {"logits": logits}
         answers = batch.get("answer")
         if answers is not None and (answers != IGNORE).any():
@@ -45,6 +58,19 @@ class QAModel(nn.Module):
             valid = answers != IGNORE
             out["accuracy"] = (logits.argmax(-1)[valid] == answers[valid]).float().mean()
         return out
+
+
+    def _question_and_image(self, fused) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The question per modality it came in, mean-pooled (zeros in rows without it): text at its
+        token embeddings, speech after its tower; and the image's embedded tokens with their mask."""
+        question = {m: Omniformer.pool(*(fused.unimodal if m == "audio" else fused.embedded)[m])
+                    for m in ("text", "audio") if m in fused.embedded}
+        if "image" in fused.embedded:
+            image, mask = fused.embedded["image"]
+        else:
+            cls = fused.cls
+            image, mask = cls.new_zeros(cls.size(0), 1, cls.size(1)), cls.new_zeros(cls.size(0), 1, dtype=torch.bool)
+        return question, image, mask
 
 
 def qa_dataset(manifest: str | Path, samples: Sequence[dict], cfg: RunConfig, tokenizer: Tokenizer,
