@@ -57,3 +57,12 @@ def test_builtin_recipes_load():
     assert {"quickstart", "shapes-full"} <= set(names)
     for path in RECIPES.glob("*.yaml"):
         load_config(path)
+
+
+def test_curriculum_settings_are_checked():
+    with pytest.raises(ConfigError, match="curriculum_steps: must be >= 0"):
+        load_config(None, ["--finetune.curriculum_steps=-1", "--finetune.curriculum_families=[shape]"])
+    with pytest.raises(ConfigError, match="set curriculum_families too"):
+        load_config(None, ["--finetune.curriculum_steps=10"])
+    with pytest.raises(ConfigError, match="bucket"):
+        load_config(None, ["--finetune.bucket=family"])

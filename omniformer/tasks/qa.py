@@ -59,7 +59,6 @@ class QAModel(nn.Module):
             out["accuracy"] = (logits.argmax(-1)[valid] == answers[valid]).float().mean()
         return out
 
-
     def _question_and_image(self, fused) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """The question per modality it came in, mean-pooled (zeros in rows without it): text at its
         token embeddings, speech after its tower; and the image's embedded tokens with their mask."""

@@ -93,8 +93,8 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
     model.to(device)
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg)
-    sampler = BucketBatchSampler(lengths if lengths is not None else [0] * len(train_set),
-                                 cfg.batch_size, shuffle=True, drop_last=len(train_set) >= cfg.batch_size,
+    lengths = lengths if lengths is not None else [0] * len(train_set)
+    sampler = BucketBatchSampler(lengths, cfg.batch_size, shuffle=True, drop_last=len(train_set) >= cfg.batch_size,
                                  seed=cfg.seed)
     if len(sampler) == 0:
         raise ValueError(f"{name}: the training set is empty")
@@ -102,9 +102,8 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
     if warm_batches and not curriculum:
         raise ValueError(f"{name}: curriculum_steps={cfg.curriculum_steps} but no training sample is in the "
                          f"curriculum (families {cfg.curriculum_families})")
-    all_lengths = lengths if lengths is not None else [0] * len(train_set)
-    warm_sampler = BucketBatchSampler([all_lengths[i] for i in curriculum or []], cfg.batch_size, shuffle=True,
-                                      drop_last=len(curriculum or []) >= cfg.batch_size, seed=cfg.seed + 1)
+    warm_sampler = BucketBatchSampler([lengths[i] for i in curriculum], cfg.batch_size, shuffle=True,
+                                      drop_last=len(curriculum) >= cfg.batch_size, seed=cfg.seed + 1) if warm_batches else None
 
     step, best_score, best_step = 0, None, None
     last_dir, best_dir = out_dir / "last", out_dir / "best"
@@ -148,7 +147,8 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
         for orders, budget, offset in phases:
             for epoch, order in orders:
                 if budget is not None:
-                    order, budget = order[:budget], budget - len(order[:budget])
+                    order = order[:budget]
+                    budget -= len(order)
                 gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + offset)
                 yield from DataLoader(train_set, batch_sampler=order, collate_fn=collate_fn, num_workers=cfg.workers,
                                       generator=gen, worker_init_fn=_worker_init, pin_memory=device.type == "cuda")
