@@ -289,3 +289,20 @@ def test_fsdd_manifest(tmp_path):
     if len(names) == 2000:  # this copy: 4 speakers x 10 digits x 50 takes, takes 0-4 are test
         assert len(speakers) == 4 and splits["test"] == 200 and splits["train"] == 1800
     assert all((out.parent / s["audio"]).is_file() for s in lines[:20])
+
+
+def test_speed_perturbation_changes_length_within_its_range_and_keeps_pitch_order():
+    cfg = AudioConfig(max_seconds=6.0)
+    wave = sine(1000, 2.0, 16000)
+    plain = AudioPreprocessor(cfg)(wave).shape[1]
+    perturbed = AudioPreprocessor(cfg, augment=True, seed=3, speed=(0.8, 1.25))
+    perturbed.spec_augment = None                      # look at the speed change alone
+    frames = [perturbed(wave).shape[1] for _ in range(30)]
+    assert min(frames) >= plain / 1.25 - 2 and max(frames) <= plain / 0.8 + 2
+    assert max(frames) - min(frames) > 0.2 * plain     # the factor really varies
+    slow = AudioPreprocessor(cfg, augment=True, seed=0, speed=(0.8, 0.8))
+    slow.spec_augment = None
+    # Slower is lower: the tone's strongest mel bin moves down.
+    assert slow(wave).mean(1).argmax() < AudioPreprocessor(cfg)(wave).mean(1).argmax()
+    limited = AudioPreprocessor(AudioConfig(max_seconds=1.0), augment=True, seed=0, speed=(0.5, 0.5))
+    assert limited(wave).shape[1] <= AudioConfig(max_seconds=1.0).max_frames
