@@ -299,6 +299,14 @@ class ModelConfig:
     # embeddings, its speech tower's output) attends over the image tokens before fusion, and
     # the MLP reads [CLS] with the attended image vector and the question; see GuidedAnswerHead.
     answer_head: Literal["cls", "guided"] = "cls"
+    # How the guided head hears a spoken question. "tower": the speech tower's output, mean-
+    # pooled, through its own projection. "words": the words a WordSpotter hears in the audio
+    # embedder's tokens, as a bag of the text embedder's word vectors, through the text
+    # question's projection (the spotter learns from transcripts: objectives.spoken_words in
+    # pretraining, spoken_words in fine-tuning), so what text questions teach carries to speech.
+    spoken_question: Literal["tower", "words"] = "tower"
+    # Looks the guided head takes at the image, each querying with what the last one saw.
+    answer_glimpses: int = 1
 
     def validate(self) -> None:
         _check(self.width > 0 and self.heads > 0 and self.width % self.heads == 0,
@@ -308,6 +316,7 @@ class ModelConfig:
         _check(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1), got {self.dropout}")
         _check(0.0 <= self.attn_dropout < 1.0, f"attn_dropout: must be in [0, 1), got {self.attn_dropout}")
         _check(self.mlp_ratio > 0, f"mlp_ratio: must be > 0, got {self.mlp_ratio}")
+        _check(self.answer_glimpses >= 1, f"answer_glimpses: must be >= 1, got {self.answer_glimpses}")
         known = {"text", "image", "audio"}
         bad = [m for m in self.modalities if m not in known]
         _check(not bad, f"modalities: unknown {bad}; known: {sorted(known)}")
@@ -325,9 +334,10 @@ class ObjectiveConfig:
     contrastive: float = 0.5       # symmetric InfoNCE between modality towers
     masked_patch: float = 0.0      # masked patch modelling (image and audio)
     masked_patch_probability: float = 0.25
+    spoken_words: float = 0.0      # word spotting: which words a spoken caption says (see WordSpotter)
 
     def validate(self) -> None:
-        for name in ("mlm", "matching", "contrastive", "masked_patch"):
+        for name in ("mlm", "matching", "contrastive", "masked_patch", "spoken_words"):
             _check(getattr(self, name) >= 0, f"{name}: weight must be >= 0, got {getattr(self, name)}")
         _check(0 < self.mlm_probability < 1, f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
         _check(0 < self.masked_patch_probability < 1,
@@ -418,8 +428,8 @@ class DataConfig:
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     tokenizer: str = ""            # tokenizer.json or vocab.txt; empty: train one
     vocab_size: int = 1000
-    augment: bool = True           # task-aware: the QA task never flips images
-    spec_augment: bool = True
+    augment: bool = True           # image augmentation, task-aware: the QA task never flips images
+    spec_augment: bool = True      # speech augmentation: speed perturbation and SpecAugment
 
 
 @dataclass
@@ -435,10 +445,16 @@ class RunConfig:
     label_fraction: float = 1.0
     # Share of QA training samples asked by voice instead of in text.
     spoken_fraction: float = 0.5
+    # Weight of the word-spotting loss on spoken questions (model.spoken_question=words).
+    spoken_words: float = 0.0
 
     def validate(self) -> None:
         _check(0 < self.label_fraction <= 1, f"label_fraction: must be in (0, 1], got {self.label_fraction}")
         _check(0 <= self.spoken_fraction <= 1, f"spoken_fraction: must be in [0, 1], got {self.spoken_fraction}")
+        _check(self.spoken_words >= 0, f"spoken_words: must be >= 0, got {self.spoken_words}")
+        hears_words = self.model.answer_head == "guided" and self.model.spoken_question == "words"
+        _check(not self.spoken_words or hears_words,
+               f"spoken_words: {self.spoken_words} needs model.answer_head=guided and model.spoken_question=words")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,

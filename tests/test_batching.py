@@ -50,3 +50,23 @@ def test_dataset_views_text_and_audio(tmp_path):
     spoken = MultimodalDataset(tmp_path / "m.jsonl", samples, tokenizer=tok, audio=fake_audio, text_field="question",
                                audio_field="question_audio", answers=["circle", "square"], modes="audio")[0]
     assert "text" not in spoken and "audio" in spoken
+
+
+def test_spoken_view_carries_its_transcript_only_when_asked(tmp_path):
+    from omniformer.data.text import Tokenizer
+    samples = [{"id": "q", "question": "what shape is it?", "question_audio": "q.wav", "answer": "circle"},
+               {"id": "r", "question": "is it red?", "question_audio": "r.wav", "answer": "square"}]
+    tok = Tokenizer.train([s["question"] for s in samples], vocab_size=50)
+    fake_audio = lambda path: torch.zeros(8, 5)
+    data = MultimodalDataset(tmp_path / "m.jsonl", samples, tokenizer=tok, audio=fake_audio, text_field="question",
+                             audio_field="question_audio", answers=["circle", "square"], modes=["audio", "text"],
+                             transcripts=True)
+    spoken, written = data[0], data[1]
+    assert "text" not in spoken and spoken["transcript"].tolist() == tok.encode("what shape is it?", 64)
+    assert "transcript" not in written and "text" in written
+    batch = collate([spoken, written])
+    assert batch["transcript_mask"].tolist()[1] == [False] * batch["transcript"].size(1)
+    assert batch["text_mask"][0].sum() == 0 and batch["transcript_mask"][0].sum() == len(spoken["transcript"])
+    plain = MultimodalDataset(tmp_path / "m.jsonl", samples, tokenizer=tok, audio=fake_audio, text_field="question",
+                              audio_field="question_audio", answers=["circle", "square"], modes="audio")[0]
+    assert "transcript" not in plain

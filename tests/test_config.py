@@ -66,3 +66,14 @@ def test_curriculum_settings_are_checked():
         load_config(None, ["--finetune.curriculum_steps=10"])
     with pytest.raises(ConfigError, match="bucket"):
         load_config(None, ["--finetune.bucket=family"])
+
+
+def test_spoken_words_is_checked():
+    with pytest.raises(ConfigError, match="spoken_words: must be >= 0"):
+        load_config(None, ["--spoken_words=-1"])
+    with pytest.raises(ConfigError, match="spoken_question=words"):
+        load_config(None, ["--spoken_words=1.0", "--model.answer_head=guided"])
+    cfg = load_config(None, ["--spoken_words=1.0", "--model.answer_head=guided", "--model.spoken_question=words"])
+    assert cfg.spoken_words == 1.0
+    with pytest.raises(ConfigError, match="answer_glimpses"):
+        load_config(None, ["--model.answer_glimpses=0"])

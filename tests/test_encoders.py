@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from omniformer.config import AudioConfig, ImageConfig, ModelConfig, TextConfig
 from omniformer.model import (AnswerHead, AudioEmbedder, ContrastiveHead, ImageEmbedder, MaskedPatchHead, MatchingHead,
@@ -249,7 +250,7 @@ def test_guided_answer_head_ignores_padding_and_survives_no_image():
     changed[1, 4:] = 0.0                             # padding stays zero; shorter padding must not matter
     shorter = head(cls[1:2], {"text": question["text"][1:2]}, changed[1:2, :4], mask[1:2, :4])
     assert torch.allclose(logits[1:2], shorter, atol=1e-6)
-    no_image = head.classifier(torch.cat([cls[2:], torch.zeros(1, 32), head.question["text"](question["text"][2:])], -1))
+    no_image = head.classifier(torch.cat([cls[2:], head.question["text"](question["text"][2:]), torch.zeros(1, 32 + 4)], -1))
     assert torch.allclose(logits[2:], no_image, atol=1e-6)
 
 
@@ -261,3 +262,75 @@ def test_guided_answer_head_in_qa_model_any_modalities():
         assert logits.shape == (4, 7) and torch.isfinite(logits).all()
     with pytest.raises(ValueError, match="answer_head=guided"):
         QAModel(small_cfg(answer_head="guided", towers_from={"text": "bert:/nowhere"}), num_answers=3)
+
+
+def test_spoken_question_heard_as_words_through_the_text_projection():
+    from omniformer.tasks.qa import QAModel
+    torch.manual_seed(0)
+    model = QAModel(small_cfg(answer_head="guided", spoken_question="words"), num_answers=7, spoken_words=0.5)
+    batch = make_batch(text_rows=[True, True, False, False], audio_rows=[False, False, True, True])
+    batch["transcript"], batch["transcript_mask"] = batch["text"].clone(), batch["text_mask"].clone()
+    batch["transcript_mask"][:2] = False                   # rows 2-3 were spoken; row 3 has no transcript
+    batch["transcript_mask"][2] = True
+    batch["transcript_mask"][3] = False
+    batch["answer"] = torch.tensor([1, 2, 3, 4])
+    fused = model.backbone(batch)
+    question, word_logits = model._question(fused)
+    assert set(question) == {"text"} and set(model.answer_head.question) == {"text"}   # one projection for both
+    read = Omniformer.pool(*fused.embedded["text"])[1]        # text: its embedded tokens, mean-pooled
+    assert torch.allclose(question["text"][1], read, atol=1e-5)
+    text = model.backbone.embedders["text"]
+    table = text.ln(text.token.weight + text.type_embedding)  # each word as the embedder outputs it, no position
+    heard = torch.sigmoid(word_logits[2])
+    assert torch.allclose(question["text"][2], heard @ table / heard.sum().clamp(min=1), atol=1e-5)
+    out = model(batch)
+    from omniformer.objectives import word_presence_loss
+    expected = word_presence_loss(word_logits, batch["transcript"], batch["transcript_mask"],
+                                  torch.tensor([False, False, True, False]))
+    assert torch.allclose(out["spoken_words_loss"], expected, atol=1e-6)
+    assert torch.allclose(out["loss"], out["answer_loss"] + 0.5 * expected, atol=1e-6)
+    out["spoken_words_loss"].backward()
+    assert model.word_spotter.score.weight.grad.abs().sum() > 0
+    assert model.backbone.embedders["audio"].convs[0].weight.grad.abs().sum() > 0
+    assert model.backbone.towers["audio"].blocks[0].attn.qkv.weight.grad is None  # the spotter reads the embedder
+
+
+def test_word_spotter_takes_each_words_best_frame_and_ignores_padding():
+    from omniformer.model import WordSpotter
+    torch.manual_seed(0)
+    spotter = WordSpotter(8, vocab_size=5)
+    frames = torch.randn(3, 4, 8)
+    mask = torch.tensor([[True] * 4, [True, True, False, False], [False] * 4])
+    logits = spotter(frames, mask)
+    assert torch.allclose(logits[0], spotter.score(frames[0]).amax(0))
+    padded = frames.clone()
+    padded[1, 2:] = 100.0                                   # loud padding must not be heard
+    assert torch.allclose(spotter(padded, mask)[1], spotter.score(frames[1, :2]).amax(0))
+    assert torch.sigmoid(logits[2]).max() == 0              # no frames: nothing heard
+
+
+def test_guided_glimpses_read_an_attended_vector_and_a_count_per_head():
+    from omniformer.model import GuidedAnswerHead
+    torch.manual_seed(0)
+    head = GuidedAnswerHead(32, 4, num_answers=5, question_modalities=["text"], glimpses=2).eval()
+    head.classifier = nn.Identity()                  # expose what the classifier reads
+    cls, question = torch.randn(2, 32), {"text": torch.randn(2, 32)}
+    image = torch.randn(2, 5, 32)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    image = image * mask[..., None]
+    features = head(cls, question, image, mask)
+    assert features.shape == (2, 4 * 32 + 2 * 4)
+    asked = head.question["text"](question["text"])
+    q = head.query[0](asked).view(2, 4, 1, 8)
+    k = head.key[0](image).view(2, 5, 4, 8).transpose(1, 2)
+    scores = (q @ k.transpose(-1, -2)).squeeze(2) / 8 ** 0.5           # (B, heads, N)
+    counts = (torch.sigmoid(scores) * mask[:, None, :]).sum(-1)
+    assert torch.allclose(features[:, 96:100], counts, atol=1e-5)      # [cls, asked, attended] then counts
+    assert (features[1, 96:100] < 3).all() and (features[1, 96:100] > 0).all()
+    # The second glimpse queries with what the first one saw.
+    before = features[:, 100:132].clone()
+    with torch.no_grad():
+        head.seen[0].weight.mul_(3.0)
+    after = head(cls, question, image, mask)
+    assert torch.allclose(after[:, :100], features[:, :100], atol=1e-6)
+    assert not torch.allclose(after[:, 100:132], before, atol=1e-3)

@@ -3,7 +3,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from omniformer.objectives import hard_negative_indices, info_nce, mask_tokens, masked_patch_loss, matching_loss
+from omniformer.objectives import (hard_negative_indices, info_nce, mask_tokens, masked_patch_loss, matching_loss,
+                                  word_presence_loss)
 
 PAD, CLS, SEP, MASK, VOCAB = 0, 1, 2, 3, 100
 SPECIALS = {PAD, CLS, SEP, MASK}
@@ -110,3 +111,17 @@ def test_masked_patch_loss():
     loss = masked_patch_loss(p, target, torch.zeros_like(mask))
     loss.backward()
     assert loss.item() == 0.0 and p.grad is not None
+
+
+def test_word_presence_loss_hand_computed():
+    # vocabulary of 4; row 0 said words {1, 2} (word 2 twice, then padding id 0); row 1 has no transcript
+    logits = torch.tensor([[0.0, 2.0, -1.0, 3.0], [5.0, 5.0, 5.0, 5.0]])
+    transcript = torch.tensor([[1, 2, 2, 0], [0, 0, 0, 0]])
+    mask = torch.tensor([[True, True, True, False], [False] * 4])
+    sp = lambda x: math.log1p(math.exp(x))  # noqa: E731  softplus: -log sigmoid(-x)
+    # -log sigmoid(z) = softplus(-z) for words said, -log(1 - sigmoid(z)) = softplus(z) otherwise
+    expected = (sp(0.0) + sp(-2.0) + sp(1.0) + sp(3.0)) / 4
+    assert abs(word_presence_loss(logits, transcript, mask).item() - expected) < 1e-6
+    rows = torch.tensor([True, True])      # row 1 counted too: every word absent
+    both = (expected + 4 * sp(5.0) / 4) / 2
+    assert abs(word_presence_loss(logits, transcript, mask, rows).item() - both) < 1e-5

@@ -68,3 +68,25 @@ def test_accuracy_report_groups():
     assert report["text/non_relational"] == 1.0 and report["text/relational"] == 0.5
     assert report["spoken/held_out_voice"] == 0.0 and report["spoken/seen_voice"] == 1.0
     assert report["accuracy"] == 3 / 5
+
+
+def test_spoken_words_pretraining_trains_a_spotter_that_qa_starts_from(tmp_path):
+    from omniformer.train import checkpoint as ckpt
+    cfg = small_cfg("--objectives.spoken_words=1.0", "--model.answer_head=guided", "--model.spoken_question=words")
+    model = PretrainingModel(cfg.model, cfg.objectives, [0, 1, 2, 3, 4], mask_id=4)
+    out = model(batch())
+    assert torch.isfinite(out["spoken_words_loss"])
+    out["loss"].backward()
+    assert model.word_spotter.score.weight.grad.abs().sum() > 0
+    assert PretrainingModel(cfg.model, small_cfg().objectives, [0, 1, 2, 3, 4], mask_id=4).word_spotter is None
+    ckpt.save_checkpoint(tmp_path / "pre", model, {"task": "pretrain"})
+    qa = QAModel(cfg.model, num_answers=5)
+    qa.load_pretrained(tmp_path / "pre")
+    assert torch.equal(qa.word_spotter.score.weight, model.word_spotter.score.weight)
+    assert torch.equal(qa.backbone.fusion.blocks[0].attn.qkv.weight, model.backbone.fusion.blocks[0].attn.qkv.weight)
+    without = PretrainingModel(cfg.model, small_cfg().objectives, [0, 1, 2, 3, 4], mask_id=4)
+    ckpt.save_checkpoint(tmp_path / "plain", without, {"task": "pretrain"})
+    fresh = QAModel(cfg.model, num_answers=5)
+    before = fresh.word_spotter.score.weight.clone()
+    fresh.load_pretrained(tmp_path / "plain")                  # no spotter there: it keeps its own
+    assert torch.equal(fresh.word_spotter.score.weight, before)

@@ -35,20 +35,24 @@ class MultimodalDataset(Dataset):
     ``text_field`` and ``audio_field`` say which manifest fields feed the text and audio
     encoders (captions: text/audio; QA: question/question_audio). ``modes`` picks, per
     sample, which of them to use: "text", "audio" or "both" (spoken questions are the
-    same samples with the audio view).
+    same samples with the audio view). With ``transcripts``, a sample used by voice also
+    carries its text tokens as ``transcript``: a training target for the spoken view that no
+    encoder reads.
     """
 
     def __init__(self, manifest: str | Path, samples: Sequence[dict[str, Any]], *,
                  tokenizer: Tokenizer | None = None, image: Callable | None = None,
                  audio: Callable | None = None, text_field: str = "text", audio_field: str = "audio",
                  text_max_len: int = 64, answers: Sequence[str] | None = None,
-                 modes: Sequence[str] | str = "both", cache_audio: bool = True, cache_images: bool = True):
+                 modes: Sequence[str] | str = "both", transcripts: bool = False,
+                 cache_audio: bool = True, cache_images: bool = True):
         self.manifest = Path(manifest)
         self.samples = list(samples)
         self.tokenizer, self.image, self.audio = tokenizer, image, audio
         self.text_field, self.audio_field, self.text_max_len = text_field, audio_field, text_max_len
         self.answer_index = {a: i for i, a in enumerate(answers)} if answers is not None else None
         self.modes = [modes] * len(self.samples) if isinstance(modes, str) else list(modes)
+        self.transcripts = transcripts
         if len(self.modes) != len(self.samples):
             raise ValueError(f"modes: expected {len(self.samples)} entries, got {len(self.modes)}")
         # Many samples share one image (captions and questions about the same scene) or one
@@ -75,8 +79,9 @@ class MultimodalDataset(Dataset):
         sample, mode = self.samples[index], self.modes[index]
         item: dict[str, Any] = {"index": index}
         text = sample.get(self.text_field)
-        if self.tokenizer is not None and text and mode in ("text", "both"):
-            item["text"] = torch.tensor(self.tokenizer.encode(text, self.text_max_len), dtype=torch.long)
+        if self.tokenizer is not None and text and (mode in ("text", "both") or self.transcripts):
+            key = "text" if mode in ("text", "both") else "transcript"
+            item[key] = torch.tensor(self.tokenizer.encode(text, self.text_max_len), dtype=torch.long)
         if self.image is not None and sample.get("image"):
             item["image"] = self._image_features(sample["image"])
         audio_rel = sample.get(self.audio_field)
@@ -108,15 +113,16 @@ def collate(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Ten
     """Pad a list of dataset items into one batch, with a mask per modality."""
     batch: dict[str, torch.Tensor] = {"index": torch.tensor([it["index"] for it in items])}
     n = len(items)
-    texts = [it.get("text") for it in items]
-    if any(t is not None for t in texts):
-        length = max(len(t) for t in texts if t is not None)
-        batch["text"] = torch.full((n, length), pad_id, dtype=torch.long)
-        batch["text_mask"] = torch.zeros((n, length), dtype=torch.bool)
-        for i, t in enumerate(texts):
-            if t is not None:
-                batch["text"][i, : len(t)] = t
-                batch["text_mask"][i, : len(t)] = True
+    for key in ("text", "transcript"):
+        texts = [it.get(key) for it in items]
+        if any(t is not None for t in texts):
+            length = max(len(t) for t in texts if t is not None)
+            batch[key] = torch.full((n, length), pad_id, dtype=torch.long)
+            batch[f"{key}_mask"] = torch.zeros((n, length), dtype=torch.bool)
+            for i, t in enumerate(texts):
+                if t is not None:
+                    batch[key][i, : len(t)] = t
+                    batch[f"{key}_mask"][i, : len(t)] = True
     images = [it.get("image") for it in items]
     if any(im is not None for im in images):
         shape = next(im for im in images if im is not None).shape

@@ -78,6 +78,11 @@ class TextEmbedder(Embedder):
         n = cfg.text.max_len
         self.positions = LearnedPositions(n, cfg.width) if cfg.text.positions == "learned" else SinusoidalPositions(n, cfg.width)
 
+    def word_vectors(self) -> Tensor:
+        """Every vocabulary word as the embedder outputs it, less its position: (vocab, width).
+        A bag of words over these is where a question's tokens land before any layer reads them."""
+        return self.ln(self.token.weight + self.type_embedding)
+
     def forward(self, batch: Batch, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         ids = batch["text"]
         mask = batch.get("text_mask")

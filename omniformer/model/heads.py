@@ -82,43 +82,77 @@ class GuidedAnswerHead(nn.Module):
     """Question-guided attention over the image, then an answer classifier (top-down attention,
     Anderson et al. 2018; stacked attention networks, Yang et al. 2016).
 
-    A question vector (its text, its speech, or both, each mean-pooled and through its own
-    projection) queries the image tokens' embeddings, multi-head; the classifier reads [CLS],
-    the attended image vector and the question vector. ``QAModel`` pools text at its token
-    embeddings, before any Transformer layer, and speech after its tower (a spoken word spans
-    many frames).
+    A question vector (its text, its speech, or both, each through its own projection, summed)
+    queries the image tokens' embeddings, multi-head. Each of ``glimpses`` looks gives two
+    readings: the softmax-attended image vector (what the question points at) and, per head,
+    the sum of sigmoid scores over the image tokens (how many tokens match: a count, which a
+    softmax normalises away). Glimpse g+1 queries with the question plus what glimpse g saw,
+    a second hop for "the object closest to the red one". The classifier reads [CLS], the
+    question and every glimpse's readings. ``QAModel`` gives it the question's embedded
+    tokens, before any Transformer layer, and speech as its tower's output or the words heard.
     Why: "what shape is the red object?" needs the word "red" to pick one image token. Through
     the fusion stack that pick is a two-hop circuit ([CLS] -> word -> object) that stayed at
     chance for 3,000 steps on ShapesWorld, while this one-hop path learnt it in about 300
-    (measured with benchmarks/qa_binding_probe.py); the fusion [CLS] keeps counting and relations.
+    (measured with benchmarks/qa_binding_probe.py).
     """
 
     def __init__(self, width: int, heads: int, num_answers: int, question_modalities: Sequence[str] = ("text", "audio"),
-                 dropout: float = 0.0, eps: float = 1e-5):
+                 glimpses: int = 1, dropout: float = 0.0, eps: float = 1e-5):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} must be a multiple of heads {heads}")
+        if glimpses < 1:
+            raise ValueError(f"glimpses must be >= 1, got {glimpses}")
         self.heads = heads
         self.question = nn.ModuleDict({m: nn.Linear(width, width) for m in question_modalities})
-        self.query = nn.Linear(width, width)
-        self.key = nn.Linear(width, width)
-        self.classifier = AnswerHead(3 * width, num_answers, hidden=2 * width, dropout=dropout, eps=eps)
+        self.query = nn.ModuleList(nn.Linear(width, width) for _ in range(glimpses))
+        self.key = nn.ModuleList(nn.Linear(width, width) for _ in range(glimpses))
+        self.seen = nn.ModuleList(nn.Linear(width, width) for _ in range(glimpses - 1))
+        self.classifier = AnswerHead((2 + glimpses) * width + glimpses * heads, num_answers, hidden=2 * width,
+                                     dropout=dropout, eps=eps)
 
     def forward(self, cls: Tensor, question: dict[str, Tensor], image: Tensor, image_mask: Tensor) -> Tensor:
-        """cls (B, width); question {modality: mean token embedding (B, width), zeros where the
+        """cls (B, width); question {modality: question vector (B, width), zeros where the
         sample lacks it}; image (B, N, width) with image_mask (B, N) -> logits (B, answers)."""
         B, N, W = image.shape
         h, d = self.heads, W // self.heads
         asked = sum((self.question[m](x) for m, x in question.items()), cls.new_zeros(B, W))
-        q = self.query(asked).view(B, h, 1, d)
-        k = self.key(image).view(B, N, h, d).transpose(1, 2)
         v = image.view(B, N, h, d).transpose(1, 2)
-        scores = (q @ k.transpose(-1, -2)) * d ** -0.5
-        # Finite fill: a sample without image tokens attends evenly over its padding, which the
-        # caller zeroes, so its attended vector is zero rather than NaN.
-        scores = scores.masked_fill(~image_mask[:, None, None, :], torch.finfo(scores.dtype).min)
-        attended = (scores.softmax(-1) @ v).reshape(B, W)
-        return self.classifier(torch.cat([cls, attended, asked], dim=-1))
+        valid = image_mask[:, None, None, :]
+        readings, context = [], asked
+        for g, (query, key) in enumerate(zip(self.query, self.key)):
+            q = query(context).view(B, h, 1, d)
+            k = key(image).view(B, N, h, d).transpose(1, 2)
+            scores = (q @ k.transpose(-1, -2)) * d ** -0.5
+            # Finite fill: a sample without image tokens attends evenly over its padding, which
+            # the caller zeroes, so its attended vector is zero rather than NaN.
+            attended = (scores.masked_fill(~valid, torch.finfo(scores.dtype).min).softmax(-1) @ v).reshape(B, W)
+            counts = (torch.sigmoid(scores) * valid).sum(-1).reshape(B, h)
+            readings += [attended, counts]
+            if g < len(self.seen):
+                context = asked + self.seen[g](attended)
+        return self.classifier(torch.cat([cls, asked, *readings], dim=-1))
+
+
+class WordSpotter(nn.Module):
+    """Speech frames (B, N, width) with mask (B, N) -> (B, vocab) logits: was each vocabulary
+    word said? Each frame scores every word; the utterance keeps each word's best frame (max
+    over time: weakly supervised keyword spotting, trained from transcripts alone, as in
+    Palaz et al. 2016). A row without frames scores the dtype's minimum (probability 0).
+
+    Give it frames with a local view, the audio *embedder's* tokens: on ShapesWorld's 464
+    question recordings a spotter reading the speech tower (global attention) memorised
+    whole recordings and stayed at chance on new ones (colour words 0.15 vs 0.75 from the
+    embedder, 1,000 steps; benchmarks/word_spotting_probe.py).
+    """
+
+    def __init__(self, width: int, vocab_size: int):
+        super().__init__()
+        self.score = nn.Linear(width, vocab_size)
+
+    def forward(self, frames: Tensor, mask: Tensor) -> Tensor:
+        scores = self.score(frames).masked_fill(~mask[..., None], torch.finfo(frames.dtype).min)
+        return scores.amax(1)
 
 
 class MaskedPatchHead(nn.Module):

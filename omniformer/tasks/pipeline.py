@@ -125,16 +125,17 @@ def finetune(cfg: RunConfig, init: str | Path | None = None, resume: bool = Fals
     else:
         tokenizer = build_tokenizer(cfg.data, samples_by_split(manifest)["train"])
     cfg.model.vocab_size, cfg.model.num_answers = tokenizer.vocab_size, len(answers)
-    model = QAModel(cfg.model, len(answers))
+    model = QAModel(cfg.model, len(answers), spoken_words=cfg.spoken_words)
     if init is not None and not resume:
-        ckpt.load_weights(init, model.backbone, prefix="backbone.")
+        model.load_pretrained(init)
 
     train = splits["train"]
     if cfg.label_fraction < 1:
         keep = max(1, round(len(train) * cfg.label_fraction))
         train = random.Random(cfg.finetune.seed).sample(train, keep)
     modes = spoken_modes(train, cfg.spoken_fraction, cfg.finetune.seed)
-    train_set = qa_dataset(manifest, train, cfg, tokenizer, answers, modes, augment=cfg.data.augment)
+    train_set = qa_dataset(manifest, train, cfg, tokenizer, answers, modes, train=True,
+                           transcripts=cfg.spoken_words > 0)
     val = splits["val"]
     if cfg.finetune.eval_batches:
         val = val[: cfg.finetune.eval_batches * cfg.finetune.batch_size]

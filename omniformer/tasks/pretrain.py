@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, ObjectiveConfig
-from ..model import ContrastiveHead, MaskedPatchHead, MatchingHead, MLMHead, Omniformer
-from ..objectives import hard_negative_indices, info_nce, mask_tokens, masked_patch_loss, matching_loss
+from ..model import ContrastiveHead, MaskedPatchHead, MatchingHead, MLMHead, Omniformer, WordSpotter, init_weights
+from ..objectives import (hard_negative_indices, info_nce, mask_tokens, masked_patch_loss, matching_loss,
+                          word_presence_loss)
 
 # Which batch entries make up a modality, so a mismatched pair swaps all of them together.
 MODALITY_KEYS = {"text": ("text", "text_mask"), "image": ("image", "image_mask"), "audio": ("audio", "audio_mask")}
@@ -45,6 +46,11 @@ class PretrainingModel(nn.Module):
             m: MaskedPatchHead(cfg.width, self.backbone.embedders[m].patch_dim)
             for m in cfg.modalities if m in ("image", "audio")
         }) if objectives.masked_patch > 0 else nn.ModuleDict()
+        # Spoken captions teach a word spotter which words were said (QA hears spoken questions with it).
+        self.word_spotter = None
+        if objectives.spoken_words > 0 and {"text", "audio"} <= set(cfg.modalities):
+            self.word_spotter = WordSpotter(cfg.width, cfg.vocab_size)
+            self.word_spotter.apply(init_weights)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         obj = self.objectives
@@ -83,6 +89,14 @@ class PretrainingModel(nn.Module):
                 mpm = masked_patch_loss(pred, patch_targets[m], chosen)
                 out[f"masked_{m}_loss"] = mpm.detach()
                 losses.append(obj.masked_patch * mpm)
+
+        if self.word_spotter is not None and "audio" in fused.embedded and "text" in batch:
+            rows = present(batch, "text") & present(batch, "audio")
+            if rows.any():  # the unmasked caption is the recording's transcript
+                heard = self.word_spotter(*fused.embedded["audio"])
+                words = word_presence_loss(heard, batch["text"], batch["text_mask"], rows)
+                out["spoken_words_loss"] = words.detach()
+                losses.append(obj.spoken_words * words)
 
         # Contrastive alignment between every pair of modality towers, on samples that have both.
         pooled = {m: self.backbone.pool(*fused.unimodal[m]) for m in fused.unimodal}

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 from ..config import ModelConfig, RunConfig, from_dict
 from ..data.batching import IGNORE, MultimodalDataset, collate
 from ..data.text import Tokenizer
-from ..model import AnswerHead, GuidedAnswerHead, Omniformer, init_weights
+from ..model import AnswerHead, GuidedAnswerHead, Omniformer, WordSpotter, init_weights
+from ..objectives import word_presence_loss
 from ..train import checkpoint as ckpt
 from .common import audio_preprocessor, image_preprocessor
 
@@ -30,54 +31,105 @@ TASK = "qa"
 
 
 class QAModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, num_answers: int):
+    """The backbone plus an answer head over the fusion [CLS] (``cls``) or a question-guided one.
+
+    The guided head reads a text question as its embedded tokens, mean-pooled. A spoken one
+    (``cfg.spoken_question``) either as its speech tower's output, mean-pooled, through a
+    projection of its own ("tower"), or as the words a ``WordSpotter`` heard ("words"): the
+    word vectors of ``TextEmbedder.word_vectors`` weighted by how surely each was said, through
+    the text question's projection, so a spoken question lands where its text already means
+    something. With ``spoken_words`` > 0, spoken questions whose batch carries their
+    transcript also train the spotter (``word_presence_loss``, that weight). Why: through the
+    tower, spoken questions never bound to their objects (spoken horizontal/vertical ~0.55
+    while text reached 1.00).
+    """
+
+    def __init__(self, cfg: ModelConfig, num_answers: int, spoken_words: float = 0.0):
         super().__init__()
         self.backbone = Omniformer(cfg)
         self.guided = cfg.answer_head == "guided"
+        self.spoken_words = spoken_words
+        self.word_spotter: WordSpotter | None = None
         if self.guided:
             if cfg.towers_from or any(getattr(getattr(cfg, m), "tower", None) for m in ("text", "image", "audio")):
                 raise ValueError("model.answer_head=guided reads the embedders at the model width; "
                                  "it does not combine with imported towers (towers_from): use answer_head=cls")
             asked_by = [m for m in ("text", "audio") if m in cfg.modalities]
-            self.answer_head = GuidedAnswerHead(cfg.width, cfg.heads, num_answers, asked_by, dropout=cfg.dropout,
-                                                eps=cfg.layer_norm_eps)
+            if cfg.spoken_question == "words" and "audio" in asked_by:
+                if "text" not in cfg.modalities:
+                    raise ValueError("model.spoken_question=words hears words of the text vocabulary: "
+                                     "model.modalities needs text")
+                self.word_spotter = WordSpotter(cfg.width, cfg.vocab_size)
+                asked_by = ["text"]
+            self.answer_head = GuidedAnswerHead(cfg.width, cfg.heads, num_answers, asked_by, cfg.answer_glimpses,
+                                                dropout=cfg.dropout, eps=cfg.layer_norm_eps)
         else:
             self.answer_head = AnswerHead(cfg.width, num_answers, hidden=2 * cfg.width, dropout=cfg.dropout)
         self.answer_head.apply(init_weights)
+        if self.word_spotter is not None:
+            self.word_spotter.apply(init_weights)
+
+    def load_pretrained(self, path: str | Path) -> None:
+        """The backbone from a pretraining checkpoint, and its word spotter when both have one."""
+        ckpt.load_weights(path, self.backbone, prefix="backbone.")
+        if self.word_spotter is not None and ckpt.has_weights(path, "word_spotter."):
+            ckpt.load_weights(path, self.word_spotter, prefix="word_spotter.")
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         fused = self.backbone(batch)
+        out: dict[str, torch.Tensor] = {}
         if self.guided:
-            logits = self.answer_head(fused.cls, *self._question_and_image(fused))
+            question, word_logits = self._question(fused)
+            logits = self.answer_head(fused.cls, question, *self._image(fused))
+            if self.spoken_words and word_logits is not None and "transcript" in batch:
+                rows = batch["transcript_mask"].any(1) & batch["audio_mask"].any(1)
+                out["spoken_words_loss"] = word_presence_loss(word_logits, batch["transcript"],
+                                                              batch["transcript_mask"], rows)
         else:
             logits = self.answer_head(fused.cls)
-        out = {"logits": logits}
+        out["logits"] = logits
         answers = batch.get("answer")
         if answers is not None and (answers != IGNORE).any():
-            out["loss"] = F.cross_entropy(logits, answers, ignore_index=IGNORE)
+            out["answer_loss"] = F.cross_entropy(logits, answers, ignore_index=IGNORE)
+            out["loss"] = out["answer_loss"] + self.spoken_words * out.get("spoken_words_loss", 0.0)
             valid = answers != IGNORE
             out["accuracy"] = (logits.argmax(-1)[valid] == answers[valid]).float().mean()
         return out
 
-    def _question_and_image(self, fused) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """The question per modality it came in, mean-pooled (zeros in rows without it): text at its
-        token embeddings, speech after its tower; and the image's embedded tokens with their mask."""
+    def _question(self, fused) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """The question vectors the guided head reads (zeros in rows without that modality), and
+        the spotter's word logits (B, vocab) when speech is heard as words."""
         question = {m: Omniformer.pool(*(fused.unimodal if m == "audio" else fused.embedded)[m])
                     for m in ("text", "audio") if m in fused.embedded}
+        if self.word_spotter is None or "audio" not in question:
+            return question, None
+        word_logits = self.word_spotter(*fused.embedded["audio"])
+        heard = torch.sigmoid(word_logits)
+        words = self.backbone.embedders["text"].word_vectors()               # (vocab, width)
+        spoken = (heard @ words) / heard.sum(-1, keepdim=True).clamp(min=1.0)
+        del question["audio"]
+        question["text"] = question.get("text", 0.0) + spoken               # a row has one or the other
+        return question, word_logits
+
+    @staticmethod
+    def _image(fused) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image's embedded tokens and their mask; one masked zero token when no image came."""
         if "image" in fused.embedded:
-            image, mask = fused.embedded["image"]
-        else:
-            cls = fused.cls
-            image, mask = cls.new_zeros(cls.size(0), 1, cls.size(1)), cls.new_zeros(cls.size(0), 1, dtype=torch.bool)
-        return question, image, mask
+            return fused.embedded["image"]
+        cls = fused.cls
+        return cls.new_zeros(cls.size(0), 1, cls.size(1)), cls.new_zeros(cls.size(0), 1, dtype=torch.bool)
 
 
 def qa_dataset(manifest: str | Path, samples: Sequence[dict], cfg: RunConfig, tokenizer: Tokenizer,
-               answers: Sequence[str], modes: Sequence[str] | str, augment: bool) -> MultimodalDataset:
+               answers: Sequence[str], modes: Sequence[str] | str, train: bool,
+               transcripts: bool = False) -> MultimodalDataset:
+    """QA samples as model inputs; ``train`` turns on the augmentations the config allows
+    (``data.augment`` for images, ``data.spec_augment`` for speech), each on its own."""
     return MultimodalDataset(
-        manifest, samples, tokenizer=tokenizer, image=image_preprocessor(cfg.model, augment),
-        audio=audio_preprocessor(cfg.model, augment and cfg.data.spec_augment), text_field="question",
-        audio_field="question_audio", text_max_len=cfg.model.text.max_len, answers=answers, modes=modes)
+        manifest, samples, tokenizer=tokenizer, image=image_preprocessor(cfg.model, train and cfg.data.augment),
+        audio=audio_preprocessor(cfg.model, train and cfg.data.spec_augment), text_field="question",
+        audio_field="question_audio", text_max_len=cfg.model.text.max_len, answers=answers, modes=modes,
+        transcripts=transcripts)
 
 
 @torch.no_grad()
@@ -122,7 +174,7 @@ def evaluate_qa(model: nn.Module, manifest: str | Path, samples: Sequence[dict],
         subset = [s for s in samples if s.get(field)]
         if not subset:
             continue
-        data = qa_dataset(manifest, subset, cfg, tokenizer, answers, modes=way, augment=False)
+        data = qa_dataset(manifest, subset, cfg, tokenizer, answers, modes=way, train=False)
         logits = predict(model, data, batch_size, workers, device)
         predictions += [answers[i] for i in logits.argmax(-1).tolist()]
         all_samples += subset

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -140,6 +141,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path}: cannot read {CONFIG}: {e}") from None
 
 
+def has_weights(path: str | Path, prefix: str) -> bool:
+    """Whether the checkpoint holds any weight whose name starts with ``prefix`` (reads names only)."""
+    with safe_open(str(find_checkpoint(path) / WEIGHTS), framework="pt") as f:
+        return any(k.startswith(prefix) for k in f.keys())
+
+
 def load_weights(path: str | Path, model: nn.Module, prefix: str = "", strict: bool = True) -> list[str]:
     """Load ``model.safetensors`` into ``model``; with ``prefix``, only that sub-tree
     (for example the pretrained backbone into a QA model). Returns the keys left unloaded."""
@@ -170,7 +177,6 @@ def load_optimizer(path: str | Path, optimizer: torch.optim.Optimizer) -> None:
     file = path / OPTIMIZER
     if not file.is_file():
         raise CheckpointError(f"checkpoint {path} has no optimizer state; it cannot be resumed")
-    from safetensors import safe_open
     with safe_open(str(file), framework="pt") as f:
         meta = json.loads(f.metadata()["meta"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
