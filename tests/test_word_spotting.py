@@ -50,4 +50,4 @@ def test_word_spotter_hears_colour_words_in_new_recordings(tmp_path, small_shape
     assert accuracy >= THRESHOLD, f"colour words heard in new recordings: {accuracy:.2f} (chance {1 / len(COLOURS):.2f})"
 
 
-STEPS, THRESHOLD = 600, 0.5
+STEPS, THRESHOLD = 900, 0.8  # measured here: 0.56 after 600 steps, 0.98 after 900
