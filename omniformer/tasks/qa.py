@@ -99,16 +99,17 @@ class QAModel(nn.Module):
     def _question(self, fused) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """The question vectors the guided head reads (zeros in rows without that modality), and
         the spotter's word logits (B, vocab) when speech is heard as words."""
-        question = {m: Omniformer.pool(*(fused.unimodal if m == "audio" else fused.embedded)[m])
-                    for m in ("text", "audio") if m in fused.embedded}
-        if self.word_spotter is None or "audio" not in question:
-            return question, None
-        word_logits = self.word_spotter(*fused.embedded["audio"])
-        heard = torch.sigmoid(word_logits)
-        words = self.backbone.embedders["text"].word_vectors()               # (vocab, width)
-        spoken = (heard @ words) / heard.sum(-1, keepdim=True).clamp(min=1.0)
-        del question["audio"]
-        question["text"] = question.get("text", 0.0) + spoken               # a row has one or the other
+        question, word_logits = {}, None
+        if "text" in fused.embedded:
+            question["text"] = Omniformer.pool(*fused.embedded["text"])
+        if "audio" in fused.unimodal and self.word_spotter is None:
+            question["audio"] = Omniformer.pool(*fused.unimodal["audio"])
+        elif "audio" in fused.unimodal:
+            word_logits = self.word_spotter(*fused.embedded["audio"])
+            heard = torch.sigmoid(word_logits)
+            words = self.backbone.embedders["text"].word_vectors()           # (vocab, width)
+            spoken = (heard @ words) / heard.sum(-1, keepdim=True).clamp(min=1.0)
+            question["text"] = question.get("text", 0.0) + spoken           # a row has one or the other
         return question, word_logits
 
     @staticmethod
