@@ -58,7 +58,7 @@ def main() -> None:
     val = [as_speech(s) for s in questions["val"] if s.get("question_audio")][:256]
 
     def dataset(samples, augment):
-        return MultimodalDataset(manifest, samples, tokenizer=tokenizer, audio=audio_preprocessor(cfg.model, augment),
+        return MultimodalDataset(manifest, samples, tokenizer=tokenizer, audio=audio_preprocessor(cfg.model, cfg.data if augment else None),
                                  text_max_len=cfg.model.text.max_len, modes="audio", transcripts=True)
 
     train_set, val_batch = dataset(train, args.augment), collate(list(dataset(val, False)))

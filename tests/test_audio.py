@@ -9,8 +9,8 @@ import soundfile as sf
 import torch
 
 from omniformer.config import AudioConfig
-from omniformer.data.audio import (AudioError, AudioPreprocessor, LogMel, SpecAugment, audio_folder_manifest,
-                                   load_audio, mel_filter_bank, write_audio)
+from omniformer.data.audio import (AudioError, AudioPreprocessor, LogMel, SpecAugment, SpeedPerturbation,
+                                   audio_folder_manifest, load_audio, mel_filter_bank, write_audio)
 
 FSDD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fsdd" / "recordings"
 
@@ -295,14 +295,39 @@ def test_speed_perturbation_changes_length_within_its_range_and_keeps_pitch_orde
     cfg = AudioConfig(max_seconds=6.0)
     wave = sine(1000, 2.0, 16000)
     plain = AudioPreprocessor(cfg)(wave).shape[1]
-    perturbed = AudioPreprocessor(cfg, augment=True, seed=3, speed=(0.8, 1.25))
-    perturbed.spec_augment = None                      # look at the speed change alone
+    perturbed = AudioPreprocessor(cfg, augment=True, seed=3, speed=(0.8, 1.25), spec_augment=False)
     frames = [perturbed(wave).shape[1] for _ in range(30)]
     assert min(frames) >= plain / 1.25 - 2 and max(frames) <= plain / 0.8 + 2
     assert max(frames) - min(frames) > 0.2 * plain     # the factor really varies
-    slow = AudioPreprocessor(cfg, augment=True, seed=0, speed=(0.8, 0.8))
-    slow.spec_augment = None
+    slow = AudioPreprocessor(cfg, augment=True, seed=0, speed=(0.8, 0.8), spec_augment=False)
     # Slower is lower: the tone's strongest mel bin moves down.
     assert slow(wave).mean(1).argmax() < AudioPreprocessor(cfg)(wave).mean(1).argmax()
     limited = AudioPreprocessor(AudioConfig(max_seconds=1.0), augment=True, seed=0, speed=(0.5, 0.5))
     assert limited(wave).shape[1] <= AudioConfig(max_seconds=1.0).max_frames
+
+
+@pytest.mark.parametrize("factor", [0.8, 1.2])
+def test_speed_perturbation_on_features_approximates_resampling_the_waveform(factor):
+    """The features warped by a factor are close to the features of the waveform resampled by it:
+    a chord's bins land where resampling puts them, and the length matches."""
+    import soxr
+    rate = 16000
+    wave = sine(440, 1.5, rate) + sine(1300, 1.5, rate) + sine(3100, 1.5, rate)
+    logmel = LogMel(rate, 40)
+    features = logmel(torch.from_numpy(wave))
+    resampled = logmel(torch.from_numpy(soxr.resample(wave, rate, rate / factor).astype(np.float32)))
+    warped = SpeedPerturbation(40, rate, (factor, factor), seed=0)(features)
+    assert abs(warped.shape[1] - resampled.shape[1]) <= 1
+    n = min(warped.shape[1], resampled.shape[1], features.shape[1])
+    peaks = lambda f: set(torch.topk(f[:, :n].mean(1), 3).indices.tolist())  # noqa: E731
+    assert peaks(warped) == peaks(resampled) != peaks(features)
+    error = (warped[:, :n] - resampled[:, :n]).abs().mean()
+    assert error < 0.5 * (features[:, :n] - resampled[:, :n]).abs().mean()
+
+
+def test_speed_perturbation_range_is_checked():
+    with pytest.raises(ValueError, match="speed"):
+        SpeedPerturbation(40, 16000, (1.2, 0.9))
+    plain = AudioPreprocessor(AudioConfig(), augment=True, speed=None, spec_augment=False)
+    features = torch.randn(80, 50)
+    assert plain.perturb(features) is features          # augmentation switched off piece by piece

@@ -70,3 +70,25 @@ def test_spoken_view_carries_its_transcript_only_when_asked(tmp_path):
     plain = MultimodalDataset(tmp_path / "m.jsonl", samples, tokenizer=tok, audio=fake_audio, text_field="question",
                               audio_field="question_audio", answers=["circle", "square"], modes="audio")[0]
     assert "transcript" not in plain
+
+
+def test_augmented_speech_is_decoded_once_and_perturbed_at_every_draw(tmp_path):
+    """An augmenting AudioPreprocessor perturbs features: the dataset caches each recording's
+    features and draws a new perturbation for every use."""
+    import numpy as np
+
+    from omniformer.config import AudioConfig
+    from omniformer.data.audio import AudioPreprocessor, write_audio
+    t = np.arange(8000) / 16000
+    write_audio(tmp_path / "q.wav", (0.5 * np.sin(2 * np.pi * 700 * t)).astype(np.float32), 16000)
+    pre = AudioPreprocessor(AudioConfig(n_mels=40), augment=True, seed=0, speed=(0.8, 1.25), spec_augment=False)
+    decoded = []
+    features = pre.features
+    pre.features = lambda source: decoded.append(source) or features(source)
+    data = MultimodalDataset(tmp_path / "m.jsonl", [{"id": "q", "audio": "q.wav"}] * 2, audio=pre, modes="audio")
+    draws = [data[i % 2]["audio"] for i in range(6)]
+    assert len(decoded) == 1                                          # one decode for six draws
+    assert len({d.shape[1] for d in draws}) > 1                       # each draw has its own speed
+    plain = MultimodalDataset(tmp_path / "m.jsonl", [{"id": "q", "audio": "q.wav"}],
+                              audio=AudioPreprocessor(AudioConfig(n_mels=40)), modes="audio")
+    assert plain[0]["audio"] is plain[0]["audio"]                     # no augmentation: the cached tensor

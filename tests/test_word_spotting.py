@@ -23,7 +23,7 @@ def test_word_spotter_hears_colour_words_in_new_recordings(tmp_path, small_shape
 
     def spoken(split, limit=None):
         samples = [{"text": s["question"], "audio": s["question_audio"]} for s in questions[split] if s.get("question_audio")]
-        return MultimodalDataset(small_shapes, samples[:limit], tokenizer=tokenizer, audio=audio_preprocessor(cfg.model, False),
+        return MultimodalDataset(small_shapes, samples[:limit], tokenizer=tokenizer, audio=audio_preprocessor(cfg.model),
                                  text_max_len=cfg.model.text.max_len, modes="audio", transcripts=True)
 
     train, val = spoken("train"), collate(list(spoken("val", 256)))

@@ -57,7 +57,9 @@ class MultimodalDataset(Dataset):
             raise ValueError(f"modes: expected {len(self.samples)} entries, got {len(self.modes)}")
         # Many samples share one image (captions and questions about the same scene) or one
         # recording (one per distinct sentence), so deterministic features are computed once
-        # per worker and kept; augmented ones are drawn fresh every time.
+        # per worker and kept; augmented ones are drawn fresh every time. An audio preprocessor
+        # with ``features`` and ``perturb`` (AudioPreprocessor) perturbs features, not waveforms,
+        # so its features are cached even when it augments.
         self._audio_features = self._cached(self._load_audio, audio, cache_audio, 8192)
         self._image_features = self._cached(self._load_image, image, cache_images, 16384)
 
@@ -66,11 +68,13 @@ class MultimodalDataset(Dataset):
 
     @staticmethod
     def _cached(load: Callable, preprocessor: Callable | None, enabled: bool, size: int) -> Callable:
-        deterministic = preprocessor is not None and not getattr(preprocessor, "augment", False)
+        deterministic = preprocessor is not None and (hasattr(preprocessor, "perturb")
+                                                      or not getattr(preprocessor, "augment", False))
         return functools.lru_cache(maxsize=size)(load) if enabled and deterministic else load
 
     def _load_audio(self, rel: str) -> torch.Tensor:
-        return self.audio(resolve(self.manifest, rel))
+        load = getattr(self.audio, "features", self.audio)
+        return load(resolve(self.manifest, rel))
 
     def _load_image(self, rel: str) -> torch.Tensor:
         return self.image(resolve(self.manifest, rel))
@@ -86,7 +90,8 @@ class MultimodalDataset(Dataset):
             item["image"] = self._image_features(sample["image"])
         audio_rel = sample.get(self.audio_field)
         if self.audio is not None and audio_rel and mode in ("audio", "both"):
-            item["audio"] = self._audio_features(audio_rel)
+            features = self._audio_features(audio_rel)
+            item["audio"] = self.audio.perturb(features) if hasattr(self.audio, "perturb") else features
         if self.answer_index is not None and sample.get("answer") is not None:
             answer = sample["answer"]
             if answer not in self.answer_index:

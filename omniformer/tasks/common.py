@@ -47,5 +47,8 @@ def image_preprocessor(model: ModelConfig, augment: bool) -> ImagePreprocessor:
     return ImagePreprocessor.from_config(model.image, augment=augment, flip=False)
 
 
-def audio_preprocessor(model: ModelConfig, augment: bool) -> AudioPreprocessor:
-    return AudioPreprocessor(model.audio, augment=augment)
+def audio_preprocessor(model: ModelConfig, data: DataConfig | None = None) -> AudioPreprocessor:
+    """Features for ``model``; with ``data`` (training), the speech augmentation it asks for."""
+    speed = tuple(data.speed_perturbation) if data is not None and data.speed_perturbation else None
+    spec_augment = data is not None and data.spec_augment
+    return AudioPreprocessor(model.audio, augment=bool(speed or spec_augment), speed=speed, spec_augment=spec_augment)

@@ -76,10 +76,10 @@ def pretrain(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Pat
     model = PretrainingModel(cfg.model, cfg.objectives, tokenizer.special_ids, tokenizer.mask_id)
     train_set = MultimodalDataset(manifest, splits["train"], tokenizer=tokenizer,
                                   image=image_preprocessor(cfg.model, cfg.data.augment),
-                                  audio=audio_preprocessor(cfg.model, cfg.data.spec_augment),
+                                  audio=audio_preprocessor(cfg.model, cfg.data),
                                   text_max_len=cfg.model.text.max_len)
     val_set = MultimodalDataset(manifest, splits["val"][:512], tokenizer=tokenizer,
-                                image=image_preprocessor(cfg.model, False), audio=audio_preprocessor(cfg.model, False),
+                                image=image_preprocessor(cfg.model, False), audio=audio_preprocessor(cfg.model),
                                 text_max_len=cfg.model.text.max_len)
     device = resolve_device(cfg.pretrain.device)
 
