@@ -255,7 +255,9 @@ class AudioConfig:
     max_seconds: float = 8.0
     # Frames per audio token after the convolutional subsampling stem (4 -> 40 ms tokens).
     subsample: Literal[1, 2, 4, 8] = 4
-    positions: Literal["learned", "sinusoidal"] = "sinusoidal"
+    # "none": tokens carry no position, only the stem's local view of where they are. A word
+    # spotter (heads.WordSpotter) reading them then cannot tell recordings apart by timing.
+    positions: Literal["learned", "sinusoidal", "none"] = "sinusoidal"
     # "conv": stride-2 convolutions + a projection. "whisper": Whisper's stem, conv(k3, s1) ->
     # GELU -> conv(k3, s2) -> GELU (subsample 2), no projection.
     stem: Literal["conv", "whisper"] = "conv"
@@ -335,14 +337,17 @@ class ObjectiveConfig:
     masked_patch: float = 0.0      # masked patch modelling (image and audio)
     masked_patch_probability: float = 0.25
     spoken_words: float = 0.0      # word spotting: which words a spoken caption says (see WordSpotter)
+    # Image-text matching judged by a question-guided head (the caption as the question), which
+    # QA fine-tuning with model.answer_head=guided starts from.
+    guided_matching: float = 0.0
 
     def validate(self) -> None:
-        for name in ("mlm", "matching", "contrastive", "masked_patch", "spoken_words"):
+        for name in ("mlm", "matching", "contrastive", "masked_patch", "spoken_words", "guided_matching"):
             _check(getattr(self, name) >= 0, f"{name}: weight must be >= 0, got {getattr(self, name)}")
         _check(0 < self.mlm_probability < 1, f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
         _check(0 < self.masked_patch_probability < 1,
                f"masked_patch_probability: must be in (0, 1), got {self.masked_patch_probability}")
-        _check(self.mlm + self.matching + self.contrastive + self.masked_patch > 0,
+        _check(self.mlm + self.matching + self.contrastive + self.masked_patch + self.guided_matching > 0,
                "objectives: at least one weight must be > 0")
 
 
@@ -429,7 +434,15 @@ class DataConfig:
     tokenizer: str = ""            # tokenizer.json or vocab.txt; empty: train one
     vocab_size: int = 1000
     augment: bool = True           # image augmentation, task-aware: the QA task never flips images
-    spec_augment: bool = True      # speech augmentation: speed perturbation and SpecAugment
+    spec_augment: bool = True      # SpecAugment's time and frequency masks on training speech
+    # Training speech sped up or slowed down by a random factor in [low, high] (tempo and
+    # pitch together, on the features); [] for none.
+    speed_perturbation: list[float] = field(default_factory=lambda: [0.9, 1.1])
+
+    def validate(self) -> None:
+        sp = self.speed_perturbation
+        _check(not sp or (len(sp) == 2 and 0 < sp[0] <= sp[1]),
+               f"speed_perturbation: expected [] or [low, high] with 0 < low <= high, got {sp}")
 
 
 @dataclass
@@ -455,6 +468,10 @@ class RunConfig:
         hears_words = self.model.answer_head == "guided" and self.model.spoken_question == "words"
         _check(not self.spoken_words or hears_words,
                f"spoken_words: {self.spoken_words} needs model.answer_head=guided and model.spoken_question=words")
+        asked_by_voice = self.spoken_fraction > 0 and "audio" in self.model.modalities
+        _check(not (hears_words and asked_by_voice) or self.spoken_words > 0,
+               "spoken_words: must be > 0 with model.spoken_question=words: only the transcripts of spoken "
+               "questions train the word spotter")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,

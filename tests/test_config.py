@@ -73,7 +73,20 @@ def test_spoken_words_is_checked():
         load_config(None, ["--spoken_words=-1"])
     with pytest.raises(ConfigError, match="spoken_question=words"):
         load_config(None, ["--spoken_words=1.0", "--model.answer_head=guided"])
+    with pytest.raises(ConfigError, match="only the transcripts"):
+        load_config(None, ["--model.answer_head=guided", "--model.spoken_question=words"])
+    load_config(None, ["--model.answer_head=guided", "--model.spoken_question=words", "--spoken_fraction=0"])
     cfg = load_config(None, ["--spoken_words=1.0", "--model.answer_head=guided", "--model.spoken_question=words"])
     assert cfg.spoken_words == 1.0
     with pytest.raises(ConfigError, match="answer_glimpses"):
         load_config(None, ["--model.answer_glimpses=0"])
+
+
+def test_speed_perturbation_range_and_audio_positions_are_checked():
+    from omniformer.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="speed_perturbation"):
+        load_config(None, ["--data.speed_perturbation=[1.2, 0.9]"])
+    with pytest.raises(ConfigError, match="positions"):
+        load_config(None, ["--model.audio.positions=relative"])
+    cfg = load_config(None, ["--data.speed_perturbation=[]", "--model.audio.positions=none"])
+    assert cfg.data.speed_perturbation == [] and cfg.model.audio.positions == "none"

@@ -70,7 +70,7 @@ def test_image_patchify_matches_pixels():
 
 
 @pytest.mark.parametrize("subsample", [1, 2, 4, 8])
-@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "none"])
 def test_audio_embedder_shapes_and_mask(subsample, positions):
     cfg = small_cfg(audio=AudioConfig(n_mels=8, max_seconds=0.5, subsample=subsample, positions=positions))
     emb = AudioEmbedder(cfg)
@@ -101,6 +101,23 @@ def test_audio_padding_length_and_values_do_not_matter():
     batched, bmask = emb(dict(audio=padded, audio_mask=mask))
     assert bmask.sum() == alone.size(1)
     assert torch.allclose(batched[:, : alone.size(1)], alone, atol=1e-6)
+
+
+def test_audio_tokens_without_positions_depend_on_sound_not_timing():
+    """positions=none: a sound heard later gives the same tokens, later (what keeps a word spotter
+    from telling recordings apart by when their words fall)."""
+    torch.manual_seed(0)
+    emb = AudioEmbedder(small_cfg(audio=AudioConfig(n_mels=8, max_seconds=1.0, subsample=4, positions="none"))).eval()
+    sound = torch.randn(1, 8, 24)
+    silence = torch.zeros(1, 8, 12)                    # 12 frames: 3 tokens at subsample 4
+    early, _ = emb(dict(audio=torch.cat([sound, silence, silence], -1)))
+    late, _ = emb(dict(audio=torch.cat([silence, sound, silence], -1)))
+    # Tokens well inside the sound (away from the convolutions' edge effects) just move.
+    assert torch.allclose(late[:, 3 + 2: 3 + 4], early[:, 2:4], atol=1e-5)
+    timed = AudioEmbedder(small_cfg(audio=AudioConfig(n_mels=8, max_seconds=1.0, subsample=4))).eval()
+    early, _ = timed(dict(audio=torch.cat([sound, silence, silence], -1)))
+    late, _ = timed(dict(audio=torch.cat([silence, sound, silence], -1)))
+    assert not torch.allclose(late[:, 3 + 2: 3 + 4], early[:, 2:4], atol=1e-3)
 
 
 def test_token_mask_replaces_embeddings():
@@ -275,7 +292,7 @@ def test_spoken_question_heard_as_words_through_the_text_projection():
     batch["transcript_mask"][3] = False
     batch["answer"] = torch.tensor([1, 2, 3, 4])
     fused = model.backbone(batch)
-    question, word_logits = model._question(fused)
+    question, word_logits = model._question(fused, batch)
     assert set(question) == {"text"} and set(model.answer_head.question) == {"text"}   # one projection for both
     read = Omniformer.pool(*fused.embedded["text"])[1]        # text: its embedded tokens, mean-pooled
     assert torch.allclose(question["text"][1], read, atol=1e-5)
@@ -291,8 +308,21 @@ def test_spoken_question_heard_as_words_through_the_text_projection():
     assert torch.allclose(out["loss"], out["answer_loss"] + 0.5 * expected, atol=1e-6)
     out["spoken_words_loss"].backward()
     assert model.word_spotter.score.weight.grad.abs().sum() > 0
-    assert model.backbone.embedders["audio"].convs[0].weight.grad.abs().sum() > 0
-    assert model.backbone.towers["audio"].blocks[0].attn.qkv.weight.grad is None  # the spotter reads the embedder
+    assert model.word_spotter.frames.convs[0].weight.grad.abs().sum() > 0         # its own frames
+    assert model.backbone.embedders["audio"].convs[0].weight.grad is None           # not the model's
+    model.zero_grad(set_to_none=True)
+    model(batch)["answer_loss"].backward()                  # what it heard is the head's input, not its lesson
+    assert all(p.grad is None for p in model.word_spotter.parameters())
+    assert model.answer_head.question["text"].weight.grad.abs().sum() > 0
+
+
+def test_word_spotter_frames_carry_no_position():
+    from omniformer.model import WordSpotter
+    cfg = small_cfg(answer_head="guided", spoken_question="words")
+    spotter = WordSpotter.from_config(cfg)
+    assert isinstance(spotter.frames.positions, nn.Identity) and cfg.audio.positions != "none"
+    with pytest.raises(ValueError, match="frames of its own"):
+        WordSpotter(8, 5).hear({"audio": torch.zeros(1, 8, 4)})
 
 
 def test_word_spotter_takes_each_words_best_frame_and_ignores_padding():

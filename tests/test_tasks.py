@@ -72,7 +72,8 @@ def test_accuracy_report_groups():
 
 def test_spoken_words_pretraining_trains_a_spotter_that_qa_starts_from(tmp_path):
     from omniformer.train import checkpoint as ckpt
-    cfg = small_cfg("--objectives.spoken_words=1.0", "--model.answer_head=guided", "--model.spoken_question=words")
+    cfg = small_cfg("--objectives.spoken_words=1.0", "--model.answer_head=guided", "--model.spoken_question=words",
+                    "--spoken_words=1.0")
     model = PretrainingModel(cfg.model, cfg.objectives, [0, 1, 2, 3, 4], mask_id=4)
     out = model(batch())
     assert torch.isfinite(out["spoken_words_loss"])
@@ -90,3 +91,43 @@ def test_spoken_words_pretraining_trains_a_spotter_that_qa_starts_from(tmp_path)
     before = fresh.word_spotter.score.weight.clone()
     fresh.load_pretrained(tmp_path / "plain")                  # no spotter there: it keeps its own
     assert torch.equal(fresh.word_spotter.score.weight, before)
+
+
+def test_guided_matching_pretrains_the_head_that_qa_answers_with(tmp_path, monkeypatch):
+    import omniformer.tasks.pretrain as pretrain
+    from omniformer.objectives import matching_loss
+    from omniformer.train import checkpoint as ckpt
+    cfg = small_cfg("--objectives.guided_matching=1.0", "--model.answer_head=guided", "--model.answer_glimpses=2")
+    torch.manual_seed(0)
+    model = PretrainingModel(cfg.model, cfg.objectives, [0, 1, 2, 3, 4], mask_id=4)
+    b = batch()
+    out = model(b)
+    assert torch.isfinite(out["guided_matching_loss"]) and 0 <= out["guided_matching_accuracy"] <= 1
+    out["loss"].backward()
+    head = model.guided_matching_head
+    assert head.key[1].weight.grad.abs().sum() > 0 and head.question["text"].weight.grad.abs().sum() > 0
+
+    # Recomputed by hand: each caption (read unmasked) against its own image and its partner's.
+    rows = (b["text_mask"].any(1) & b["image_mask"]).nonzero().squeeze(1)
+    partner = torch.tensor([1, 0, 3, 2, 5, 6, 4])          # any derangement of the 7 rows
+    model.eval()
+    with torch.no_grad():
+        fused = model.backbone(b)
+        monkeypatch.setattr(pretrain, "hard_negative_indices", lambda sim, generator=None: partner)
+        loss, _ = model._guided_matching(b, fused, b["text_mask"].any(1) & b["image_mask"],
+                                         torch.zeros(len(rows), len(rows)), hard=True)
+        caption = model.backbone.pool(*model.backbone.embedders["text"](b))[rows]
+        image, mask = (t[rows] for t in fused.embedded["image"])
+        zeros = torch.zeros_like(caption)
+        pos = head(zeros, {"text": caption}, image, mask).squeeze(-1)
+        neg = head(zeros, {"text": caption}, image[partner], mask[partner]).squeeze(-1)
+    assert torch.allclose(loss, matching_loss(pos, neg))
+
+    ckpt.save_checkpoint(tmp_path / "pre", model, {"task": "pretrain"})
+    qa = QAModel(cfg.model, num_answers=5)
+    output = qa.answer_head.classifier.net[-1].weight.clone()
+    qa.load_pretrained(tmp_path / "pre")
+    assert torch.equal(qa.answer_head.key[1].weight, head.key[1].weight)
+    assert torch.equal(qa.answer_head.seen[0].weight, head.seen[0].weight)
+    assert torch.equal(qa.answer_head.classifier.net[0].weight, head.classifier.net[0].weight)
+    assert torch.equal(qa.answer_head.classifier.net[-1].weight, output)   # one logit vs five answers: its own

@@ -226,7 +226,8 @@ class AudioEmbedder(Embedder):
         self.act = nn.GELU()
         self.proj = nn.Identity() if self.whisper else nn.Linear(cfg.width, cfg.width)
         n = a.max_frames // self.subsample + 1
-        self.positions = LearnedPositions(n, cfg.width) if a.positions == "learned" else SinusoidalPositions(n, cfg.width)
+        self.positions = {"learned": lambda: LearnedPositions(n, cfg.width), "none": nn.Identity,
+                          "sinusoidal": lambda: SinusoidalPositions(n, cfg.width)}[a.positions]()
 
     def forward(self, batch: Batch, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = batch["audio"]

@@ -1,6 +1,7 @@
 """Task heads on top of the backbone's hidden states."""
 from __future__ import annotations
 
+import copy
 import math
 from typing import Sequence
 
@@ -135,24 +136,42 @@ class GuidedAnswerHead(nn.Module):
 
 
 class WordSpotter(nn.Module):
-    """Speech frames (B, N, width) with mask (B, N) -> (B, vocab) logits: was each vocabulary
-    word said? Each frame scores every word; the utterance keeps each word's best frame (max
-    over time: weakly supervised keyword spotting, trained from transcripts alone, as in
-    Palaz et al. 2016). A row without frames scores the dtype's minimum (probability 0).
+    """Speech -> (B, vocab) logits: was each vocabulary word said? Each frame scores every word;
+    the utterance keeps each word's best frame (max over time: weakly supervised keyword
+    spotting, trained from transcripts alone, as in Palaz et al. 2016). A row without frames
+    scores the dtype's minimum (probability 0).
 
-    Give it frames with a local view, the audio *embedder's* tokens: on ShapesWorld's 464
-    question recordings a spotter reading the speech tower (global attention) memorised
-    whole recordings and stayed at chance on new ones (colour words 0.15 vs 0.75 from the
-    embedder, 1,000 steps; benchmarks/word_spotting_probe.py).
+    ``from_config`` gives it frames of its own: an audio embedder (convolutions with a ~150 ms
+    view) without positions. Why its own: sharing the model's audio embedder, whose other
+    users (fusion, towers) pull on it far harder, it never told colour words apart (heard at
+    the prior, 0.15, present or not, after 3,200 fine-tuning steps); alone it did in about
+    500. Why local frames without positions: a spotter reading the speech tower (global
+    attention) or timed frames memorised ShapesWorld's 464 question recordings and stayed near
+    chance on new ones (benchmarks/word_spotting_probe.py).
     """
 
-    def __init__(self, width: int, vocab_size: int):
+    def __init__(self, width: int, vocab_size: int, frames: nn.Module | None = None):
         super().__init__()
+        self.frames = frames
         self.score = nn.Linear(width, vocab_size)
 
+    @classmethod
+    def from_config(cls, cfg) -> "WordSpotter":
+        from .encoders import AudioEmbedder
+        own = copy.deepcopy(cfg)
+        own.audio.positions = "none"
+        return cls(cfg.width, cfg.vocab_size, AudioEmbedder(own))
+
     def forward(self, frames: Tensor, mask: Tensor) -> Tensor:
+        """Frames (B, N, width) with mask (B, N) -> (B, vocab) logits."""
         scores = self.score(frames).masked_fill(~mask[..., None], torch.finfo(frames.dtype).min)
         return scores.amax(1)
+
+    def hear(self, batch: dict[str, Tensor]) -> Tensor:
+        """The batch's audio -> (B, vocab) logits, through the spotter's own frames."""
+        if self.frames is None:
+            raise ValueError("this WordSpotter has no frames of its own: call it on frames, or build it with from_config")
+        return self(*self.frames(batch))
 
 
 class MaskedPatchHead(nn.Module):

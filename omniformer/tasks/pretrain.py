@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, ObjectiveConfig
-from ..model import ContrastiveHead, MaskedPatchHead, MatchingHead, MLMHead, Omniformer, WordSpotter, init_weights
+from ..model import (ContrastiveHead, GuidedAnswerHead, MaskedPatchHead, MatchingHead, MLMHead, Omniformer, WordSpotter,
+                     init_weights)
 from ..objectives import (hard_negative_indices, info_nce, mask_tokens, masked_patch_loss, matching_loss,
                           word_presence_loss)
 
@@ -49,8 +50,17 @@ class PretrainingModel(nn.Module):
         # Spoken captions teach a word spotter which words were said (QA hears spoken questions with it).
         self.word_spotter = None
         if objectives.spoken_words > 0 and {"text", "audio"} <= set(cfg.modalities):
-            self.word_spotter = WordSpotter(cfg.width, cfg.vocab_size)
+            self.word_spotter = WordSpotter.from_config(cfg)
             self.word_spotter.apply(init_weights)
+        # Matching judged the way the guided QA head answers: the caption queries the image
+        # tokens. "The red object is on the left" against a similar image holds or not
+        # depending on which token "red" picks, so the head learns to bind words to objects
+        # from captions, before any question is labelled (QAModel.load_pretrained takes it).
+        self.guided_matching_head = None
+        if objectives.guided_matching > 0 and {"text", "image"} <= set(cfg.modalities):
+            self.guided_matching_head = GuidedAnswerHead(cfg.width, cfg.heads, 1, ["text"], cfg.answer_glimpses,
+                                                         dropout=cfg.dropout, eps=cfg.layer_norm_eps)
+            self.guided_matching_head.apply(init_weights)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         obj = self.objectives
@@ -90,10 +100,10 @@ class PretrainingModel(nn.Module):
                 out[f"masked_{m}_loss"] = mpm.detach()
                 losses.append(obj.masked_patch * mpm)
 
-        if self.word_spotter is not None and "audio" in fused.embedded and "text" in batch:
+        if self.word_spotter is not None and "audio" in batch and "text" in batch:
             rows = present(batch, "text") & present(batch, "audio")
             if rows.any():  # the unmasked caption is the recording's transcript
-                heard = self.word_spotter(*fused.embedded["audio"])
+                heard = self.word_spotter.hear(batch)
                 words = word_presence_loss(heard, batch["text"], batch["text_mask"], rows)
                 out["spoken_words_loss"] = words.detach()
                 losses.append(obj.spoken_words * words)
@@ -112,6 +122,13 @@ class PretrainingModel(nn.Module):
                 nce = info_nce(ea, eb, self.contrastive_head.logit_scale)
                 out[f"contrastive_{a}_{b}_loss"] = nce.detach()
                 losses.append(obj.contrastive * nce / len(embeddings))
+
+        if self.guided_matching_head is not None and ("image", "text") in pair_similarity:
+            guided = self._guided_matching(batch, fused, *pair_similarity[("image", "text")], obj.hard_negatives)
+            if guided is not None:
+                loss, accuracy = guided
+                out["guided_matching_loss"], out["guided_matching_accuracy"] = loss.detach(), accuracy
+                losses.append(obj.guided_matching * loss)
 
         if obj.matching > 0 and pair_similarity:
             match = self._matching(batch, fused.cls, pair_similarity, obj.hard_negatives)
@@ -151,3 +168,24 @@ class PretrainingModel(nn.Module):
         loss = matching_loss(pos_logits, neg_logits)
         accuracy = torch.cat([(pos_logits > 0).float(), (neg_logits < 0).float()]).mean()
         return loss, accuracy
+
+    def _guided_matching(self, batch, fused, both, image_text_sim, hard: bool):
+        """Each caption with its own image vs with another (a hard negative: an image its text is
+        similar to). The caption is read unmasked, from the text embedder; images are the
+        embedded tokens of this step's pass, so negatives cost no fusion pass. No [CLS] is given
+        (zeros): a [CLS] of the true pair would give the answer away."""
+        text_to_image = image_text_sim.t()
+        partner = hard_negative_indices(text_to_image if hard else torch.zeros_like(text_to_image))
+        if partner is None:
+            return None
+        rows = both.nonzero().squeeze(1)
+        caption = self.backbone.pool(*self.backbone.embedders["text"](batch))[rows]
+        image, image_mask = (t[rows] for t in fused.embedded["image"])
+        no_cls = caption.new_zeros(caption.shape)
+
+        def judge(order):
+            return self.guided_matching_head(no_cls, {"text": caption}, image[order], image_mask[order]).squeeze(-1)
+
+        pos_logits, neg_logits = judge(torch.arange(len(rows), device=rows.device)), judge(partner)
+        accuracy = torch.cat([(pos_logits > 0).float(), (neg_logits < 0).float()]).mean()
+        return matching_loss(pos_logits, neg_logits), accuracy

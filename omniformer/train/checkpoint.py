@@ -147,15 +147,18 @@ def has_weights(path: str | Path, prefix: str) -> bool:
         return any(k.startswith(prefix) for k in f.keys())
 
 
-def load_weights(path: str | Path, model: nn.Module, prefix: str = "", strict: bool = True) -> list[str]:
+def load_weights(path: str | Path, model: nn.Module, prefix: str = "", strict: bool = True,
+                 skip: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """Load ``model.safetensors`` into ``model``; with ``prefix``, only that sub-tree
-    (for example the pretrained backbone into a QA model). Returns the keys left unloaded."""
+    (for example the pretrained backbone into a QA model). ``skip``: model keys to leave as
+    they are (a head's output layer of another size). Returns the keys left unloaded."""
     path = find_checkpoint(path)
     state = load_file(str(path / WEIGHTS))
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
             raise CheckpointError(f"checkpoint {path} holds no weights under {prefix!r}")
+    state = {k: v for k, v in state.items() if k not in skip}
     own = model.state_dict()
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in state.items() if k in own and own[k].shape != v.shape]
