@@ -291,7 +291,7 @@ def test_spoken_question_heard_as_words_through_the_text_projection():
     batch["transcript_mask"][2] = True
     batch["transcript_mask"][3] = False
     batch["answer"] = torch.tensor([1, 2, 3, 4])
-    fused = model.backbone(batch)
+    fused = model.backbone({k: v for k, v in batch.items() if not k.startswith("audio")})
     question, word_logits = model._question(fused, batch)
     assert set(question) == {"text"} and set(model.answer_head.question) == {"text"}   # one projection for both
     read = Omniformer.pool(*fused.embedded["text"])[1]        # text: its embedded tokens, mean-pooled
@@ -310,8 +310,12 @@ def test_spoken_question_heard_as_words_through_the_text_projection():
     assert model.word_spotter.score.weight.grad.abs().sum() > 0
     assert model.word_spotter.frames.convs[0].weight.grad.abs().sum() > 0         # its own frames
     assert model.backbone.embedders["audio"].convs[0].weight.grad is None           # not the model's
+    fused = model.backbone({k: v for k, v in batch.items() if not k.startswith("audio")})
+    assert torch.allclose(model(batch)["logits"], model.answer_head(fused.cls, model._question(fused, batch)[0],
+                                                                    *model._image(fused)), atol=1e-6)
     model.zero_grad(set_to_none=True)
     model(batch)["answer_loss"].backward()                  # what it heard is the head's input, not its lesson
+    assert all(p.grad is None for p in model.backbone.embedders["audio"].parameters())  # the backbone hears nothing
     assert all(p.grad is None for p in model.word_spotter.parameters())
     assert model.answer_head.question["text"].weight.grad.abs().sum() > 0
 
