@@ -302,8 +302,8 @@ class ModelConfig:
     # the MLP reads [CLS] with the attended image vector and the question; see GuidedAnswerHead.
     answer_head: Literal["cls", "guided"] = "cls"
     # How the guided head hears a spoken question. "tower": the speech tower's output, mean-
-    # pooled, through its own projection. "words": the words a WordSpotter hears in the audio
-    # embedder's tokens, as a bag of the text embedder's word vectors, through the text
+    # pooled, through its own projection. "words": the words a WordSpotter hears (through
+    # frames of its own), as a bag of the text embedder's word vectors, through the text
     # question's projection (the spotter learns from transcripts: objectives.spoken_words in
     # pretraining, spoken_words in fine-tuning), so what text questions teach carries to speech.
     spoken_question: Literal["tower", "words"] = "tower"
