@@ -460,11 +460,15 @@ class RunConfig:
     spoken_fraction: float = 0.5
     # Weight of the word-spotting loss on spoken questions (model.spoken_question=words).
     spoken_words: float = 0.0
+    # Share of the training questions asked in text whose recording comes along for the word
+    # spotter alone (the head reads their text): it then learns from more than the spoken share.
+    spotter_overhears: float = 0.0
 
     def validate(self) -> None:
         _check(0 < self.label_fraction <= 1, f"label_fraction: must be in (0, 1], got {self.label_fraction}")
         _check(0 <= self.spoken_fraction <= 1, f"spoken_fraction: must be in [0, 1], got {self.spoken_fraction}")
         _check(self.spoken_words >= 0, f"spoken_words: must be >= 0, got {self.spoken_words}")
+        _check(0 <= self.spotter_overhears <= 1, f"spotter_overhears: must be in [0, 1], got {self.spotter_overhears}")
         hears_words = self.model.answer_head == "guided" and self.model.spoken_question == "words"
         _check(not self.spoken_words or hears_words,
                f"spoken_words: {self.spoken_words} needs model.answer_head=guided and model.spoken_question=words")

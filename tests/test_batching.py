@@ -70,6 +70,10 @@ def test_spoken_view_carries_its_transcript_only_when_asked(tmp_path):
     plain = MultimodalDataset(tmp_path / "m.jsonl", samples, tokenizer=tok, audio=fake_audio, text_field="question",
                               audio_field="question_audio", answers=["circle", "square"], modes="audio")[0]
     assert "transcript" not in plain
+    both = MultimodalDataset(tmp_path / "m.jsonl", samples, tokenizer=tok, audio=fake_audio, text_field="question",
+                             audio_field="question_audio", answers=["circle", "square"], modes="both",
+                             transcripts=True)[1]
+    assert both["text"].tolist() == both["transcript"].tolist() == tok.encode("is it red?", 64) and "audio" in both
 
 
 def test_augmented_speech_is_decoded_once_and_perturbed_at_every_draw(tmp_path):

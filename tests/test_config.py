@@ -78,6 +78,8 @@ def test_spoken_words_is_checked():
     load_config(None, ["--model.answer_head=guided", "--model.spoken_question=words", "--spoken_fraction=0"])
     cfg = load_config(None, ["--spoken_words=1.0", "--model.answer_head=guided", "--model.spoken_question=words"])
     assert cfg.spoken_words == 1.0
+    with pytest.raises(ConfigError, match=r"spotter_overhears: must be in \[0, 1\], got 1.5"):
+        load_config(None, ["--spotter_overhears=1.5"])
     with pytest.raises(ConfigError, match="answer_glimpses"):
         load_config(None, ["--model.answer_glimpses=0"])
 

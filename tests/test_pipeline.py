@@ -60,3 +60,23 @@ def test_unknown_override_fails_clearly(tmp_path):
     run = subprocess.run([sys.executable, "-m", "omniformer.cli", "pretrain", "--model.widht=3"],
                          capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 2 and "model.widht" in run.stderr and "width" in run.stderr
+
+
+def test_questions_asked_in_text_bring_their_recording_only_for_the_spotter():
+    from omniformer.config import RunConfig
+    from omniformer.tasks.pipeline import question_modes
+    samples = [{"question": f"q{i}", "question_audio": f"q{i}.wav"} for i in range(400)] + [{"question": "silent"}]
+    cfg = RunConfig(spoken_fraction=0.5)
+    asked, carried = question_modes(samples, cfg)
+    assert carried == asked and asked[-1] == "text" and 150 < asked.count("audio") < 250
+    cfg.model.answer_head, cfg.model.spoken_question, cfg.spoken_words = "guided", "words", 1.0
+    for share, low, high in ((1.0, 1.0, 1.0), (0.5, 0.35, 0.65)):
+        cfg.spotter_overhears = share
+        heard_asked, carried = question_modes(samples, cfg)
+        assert heard_asked == asked                                # the same questions are asked by voice
+        assert [c for a, c in zip(asked, carried) if a == "audio"] == ["audio"] * asked.count("audio")
+        in_text = [c for a, c in zip(asked[:-1], carried[:-1]) if a == "text"]
+        assert set(in_text) <= {"text", "both"} and low <= in_text.count("both") / len(in_text) <= high
+        assert carried[-1] == "text"                               # no recording, nothing to hear
+    cfg.spoken_words = 0.0
+    assert question_modes(samples, cfg)[1] == asked                # no spotter, no recordings for it

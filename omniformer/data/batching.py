@@ -35,9 +35,9 @@ class MultimodalDataset(Dataset):
     ``text_field`` and ``audio_field`` say which manifest fields feed the text and audio
     encoders (captions: text/audio; QA: question/question_audio). ``modes`` picks, per
     sample, which of them to use: "text", "audio" or "both" (spoken questions are the
-    same samples with the audio view). With ``transcripts``, a sample used by voice also
-    carries its text tokens as ``transcript``: a training target for the spoken view that no
-    encoder reads.
+    same samples with the audio view). With ``transcripts``, a sample used by voice ("audio" or
+    "both") also carries its text tokens as ``transcript``: a training target for the spoken
+    view that no encoder reads.
     """
 
     def __init__(self, manifest: str | Path, samples: Sequence[dict[str, Any]], *,
@@ -83,9 +83,12 @@ class MultimodalDataset(Dataset):
         sample, mode = self.samples[index], self.modes[index]
         item: dict[str, Any] = {"index": index}
         text = sample.get(self.text_field)
-        if self.tokenizer is not None and text and (mode in ("text", "both") or self.transcripts):
-            key = "text" if mode in ("text", "both") else "transcript"
-            item[key] = torch.tensor(self.tokenizer.encode(text, self.text_max_len), dtype=torch.long)
+        if self.tokenizer is not None and text:
+            tokens = torch.tensor(self.tokenizer.encode(text, self.text_max_len), dtype=torch.long)
+            if mode in ("text", "both"):
+                item["text"] = tokens
+            if self.transcripts and mode in ("audio", "both"):
+                item["transcript"] = tokens
         if self.image is not None and sample.get("image"):
             item["image"] = self._image_features(sample["image"])
         audio_rel = sample.get(self.audio_field)

@@ -49,10 +49,17 @@ def answer_vocabulary(samples: list[dict]) -> list[str]:
     return sorted({s["answer"] for s in samples if s.get("answer") is not None})
 
 
-def spoken_modes(samples: list[dict], fraction: float, seed: int) -> list[str]:
-    """Ask a ``fraction`` of the training questions by voice, the rest in text."""
-    rng = random.Random(seed)
-    return ["audio" if s.get("question_audio") and rng.random() < fraction else "text" for s in samples]
+def question_modes(samples: list[dict], cfg: RunConfig) -> tuple[list[str], list[str]]:
+    """How each training question is asked, "text" or "audio" (a ``cfg.spoken_fraction`` of
+    those with a recording by voice), and what its sample carries: the same, except that a
+    ``cfg.spotter_overhears`` share of those asked in text bring their recording too ("both"),
+    for the word spotter alone."""
+    rng, overhear = random.Random(cfg.finetune.seed), random.Random(cfg.finetune.seed + 1)
+    asked = ["audio" if s.get("question_audio") and rng.random() < cfg.spoken_fraction else "text" for s in samples]
+    share = cfg.spotter_overhears if cfg.spoken_words > 0 else 0.0
+    carried = ["both" if way == "text" and s.get("question_audio") and overhear.random() < share else way
+               for s, way in zip(samples, asked)]
+    return asked, carried
 
 
 def meta_for(task: str, cfg: RunConfig, **extra: Any) -> dict[str, Any]:
@@ -133,7 +140,7 @@ def finetune(cfg: RunConfig, init: str | Path | None = None, resume: bool = Fals
     if cfg.label_fraction < 1:
         keep = max(1, round(len(train) * cfg.label_fraction))
         train = random.Random(cfg.finetune.seed).sample(train, keep)
-    modes = spoken_modes(train, cfg.spoken_fraction, cfg.finetune.seed)
+    asked, modes = question_modes(train, cfg)
     train_set = qa_dataset(manifest, train, cfg, tokenizer, answers, modes, train=True,
                            transcripts=cfg.spoken_words > 0)
     val = splits["val"]
@@ -149,8 +156,8 @@ def finetune(cfg: RunConfig, init: str | Path | None = None, resume: bool = Fals
                     model_id=f"omniformer-qa-{Path(cfg.out_dir).name}")
     # The curriculum's questions are asked in text: speech joins once words are bound to objects.
     families = set(cfg.finetune.curriculum_families)
-    curriculum = [i for i, (s, mode) in enumerate(zip(train, modes))
-                  if mode == "text" and s.get("meta", {}).get("family") in families] if families else None
+    curriculum = [i for i, (s, way) in enumerate(zip(train, asked))
+                  if way == "text" and s.get("meta", {}).get("family") in families] if families else None
     # Bucket keys: equal keys keep their shuffled order, so "modality" batches are otherwise random.
     lengths = train_set.lengths() if cfg.finetune.bucket == "length" else [("text", "audio", "both").index(m) for m in modes]
     fit(model, train_set, cfg.finetune, out, collate_fn=collate, meta=meta, tokenizer=tokenizer,
