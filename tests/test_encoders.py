@@ -7,6 +7,7 @@ from torch import nn
 from omniformer.config import AudioConfig, ImageConfig, ModelConfig, TextConfig
 from omniformer.model import (AnswerHead, AudioEmbedder, ContrastiveHead, ImageEmbedder, MaskedPatchHead, MatchingHead,
                               MLMHead, Omniformer, TextEmbedder)
+from omniformer.objectives import SAID_WEIGHT
 
 
 def small_cfg(**kw) -> ModelConfig:
@@ -298,7 +299,7 @@ def test_spoken_question_heard_as_words_through_the_text_projection():
     assert torch.allclose(question["text"][1], read, atol=1e-5)
     text = model.backbone.embedders["text"]
     table = text.ln(text.token.weight + text.type_embedding)  # each word as the embedder outputs it, no position
-    heard = torch.sigmoid(word_logits[2])
+    heard = torch.sigmoid(word_logits[2] - math.log(SAID_WEIGHT))   # calibrated: see word_presence_loss
     assert torch.allclose(question["text"][2], heard @ table / heard.sum().clamp(min=1), atol=1e-5)
     out = model(batch)
     from omniformer.objectives import word_presence_loss
@@ -320,6 +321,27 @@ def test_spoken_question_heard_as_words_through_the_text_projection():
     assert model.answer_head.question["text"].weight.grad.abs().sum() > 0
 
 
+def test_question_in_text_and_speech_reads_the_text_and_trains_the_spotter():
+    """A question asked in text whose recording comes along (spotter_hears_all): the head reads
+    the written words, the spotter learns from the recording."""
+    from omniformer.objectives import word_presence_loss
+    from omniformer.tasks.qa import QAModel
+    torch.manual_seed(0)
+    model = QAModel(small_cfg(answer_head="guided", spoken_question="words"), num_answers=7, spoken_words=1.0)
+    batch = make_batch(text_rows=[True, True, False, False], audio_rows=[True, False, True, False])
+    batch["transcript"] = batch["text"].clone()
+    batch["transcript_mask"] = batch["text_mask"].clone()
+    batch["transcript_mask"][2] = True                     # row 2 was asked by voice alone
+    fused = model.backbone({k: v for k, v in batch.items() if not k.startswith("audio")})
+    question, word_logits = model._question(fused, batch)
+    written = Omniformer.pool(*fused.embedded["text"])
+    assert torch.allclose(question["text"][:2], written[:2], atol=1e-6)    # rows 0-1 read their text only
+    assert not torch.allclose(question["text"][2], written[2], atol=1e-3)  # row 2 reads what it heard
+    expected = word_presence_loss(word_logits, batch["transcript"], batch["transcript_mask"],
+                                  torch.tensor([True, False, True, False]))
+    assert torch.allclose(model(batch)["spoken_words_loss"], expected, atol=1e-6)
+
+
 def test_word_spotter_frames_carry_no_position():
     from omniformer.model import WordSpotter
     cfg = small_cfg(answer_head="guided", spoken_question="words")
@@ -329,17 +351,19 @@ def test_word_spotter_frames_carry_no_position():
         WordSpotter(8, 5).hear({"audio": torch.zeros(1, 8, 4)})
 
 
-def test_word_spotter_takes_each_words_best_frame_and_ignores_padding():
+def test_word_spotter_pools_each_words_frames_by_log_mean_exp_and_ignores_padding():
     from omniformer.model import WordSpotter
     torch.manual_seed(0)
     spotter = WordSpotter(8, vocab_size=5)
     frames = torch.randn(3, 4, 8)
     mask = torch.tensor([[True] * 4, [True, True, False, False], [False] * 4])
     logits = spotter(frames, mask)
-    assert torch.allclose(logits[0], spotter.score(frames[0]).amax(0))
+    scores = spotter.score(frames[0])                        # (frames, vocab)
+    assert torch.allclose(logits[0], scores.exp().mean(0).log(), atol=1e-6)
+    assert (logits[0] <= scores.amax(0) + 1e-6).all() and (logits[0] >= scores.mean(0) - 1e-6).all()
     padded = frames.clone()
     padded[1, 2:] = 100.0                                   # loud padding must not be heard
-    assert torch.allclose(spotter(padded, mask)[1], spotter.score(frames[1, :2]).amax(0))
+    assert torch.allclose(spotter(padded, mask)[1], spotter.score(frames[1, :2]).exp().mean(0).log(), atol=1e-6)
     assert torch.sigmoid(logits[2]).max() == 0              # no frames: nothing heard
 
 

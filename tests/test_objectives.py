@@ -121,7 +121,9 @@ def test_word_presence_loss_hand_computed():
     sp = lambda x: math.log1p(math.exp(x))  # noqa: E731  softplus: -log sigmoid(-x)
     # -log sigmoid(z) = softplus(-z) for words said, -log(1 - sigmoid(z)) = softplus(z) otherwise
     expected = (sp(0.0) + sp(-2.0) + sp(1.0) + sp(3.0)) / 4
-    assert abs(word_presence_loss(logits, transcript, mask).item() - expected) < 1e-6
+    assert abs(word_presence_loss(logits, transcript, mask, said_weight=1.0).item() - expected) < 1e-6
+    weighted = (sp(0.0) + 5 * sp(-2.0) + 5 * sp(1.0) + sp(3.0)) / 4      # words said weigh 5x by default
+    assert abs(word_presence_loss(logits, transcript, mask).item() - weighted) < 1e-6
     rows = torch.tensor([True, True])      # row 1 counted too: every word absent
-    both = (expected + 4 * sp(5.0) / 4) / 2
+    both = (weighted + 4 * sp(5.0) / 4) / 2
     assert abs(word_presence_loss(logits, transcript, mask, rows).item() - both) < 1e-5

@@ -137,9 +137,13 @@ class GuidedAnswerHead(nn.Module):
 
 class WordSpotter(nn.Module):
     """Speech -> (B, vocab) logits: was each vocabulary word said? Each frame scores every word;
-    the utterance keeps each word's best frame (max over time: weakly supervised keyword
-    spotting, trained from transcripts alone, as in Palaz et al. 2016). A row without frames
-    scores the dtype's minimum (probability 0).
+    the utterance pools each word's frame scores by a soft maximum, log-mean-exp (weakly
+    supervised keyword spotting, trained from transcripts alone, as in Palaz et al. 2016, who
+    take the hard maximum). Why soft: the hard maximum passes its gradient to one frame, and a
+    spotter trained with a decaying learning rate left some colour words at the prior (spotter
+    alone on ShapesWorld's questions, 1,600 steps: colour, shape and relation words heard at
+    0.70 recall with the maximum, 0.94 with log-mean-exp, both with ``word_presence_loss``'s
+    weight on words said). A row without frames scores the dtype's minimum (probability 0).
 
     ``from_config`` gives it frames of its own: an audio embedder (convolutions with a ~150 ms
     view) without positions. Why its own: sharing the model's audio embedder, whose other
@@ -164,8 +168,11 @@ class WordSpotter(nn.Module):
 
     def forward(self, frames: Tensor, mask: Tensor) -> Tensor:
         """Frames (B, N, width) with mask (B, N) -> (B, vocab) logits."""
-        scores = self.score(frames).masked_fill(~mask[..., None], torch.finfo(frames.dtype).min)
-        return scores.amax(1)
+        lowest = torch.finfo(frames.dtype).min
+        scores = self.score(frames).masked_fill(~mask[..., None], lowest)
+        frames_per_row = mask.sum(1, keepdim=True)
+        pooled = torch.logsumexp(scores, 1) - frames_per_row.clamp(min=1).to(scores.dtype).log()
+        return pooled.masked_fill(frames_per_row == 0, lowest)
 
     def hear(self, batch: dict[str, Tensor]) -> Tensor:
         """The batch's audio -> (B, vocab) logits, through the spotter's own frames."""

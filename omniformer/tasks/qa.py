@@ -10,6 +10,7 @@ or spoken, and held-out voice; ``QAPredictor`` answers one question from Python:
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,7 +24,7 @@ from ..config import ModelConfig, RunConfig, from_dict
 from ..data.batching import IGNORE, MultimodalDataset, collate
 from ..data.text import Tokenizer
 from ..model import AnswerHead, GuidedAnswerHead, Omniformer, WordSpotter, init_weights
-from ..objectives import word_presence_loss
+from ..objectives import SAID_WEIGHT, word_presence_loss
 from ..train import checkpoint as ckpt
 from .common import audio_preprocessor, image_preprocessor
 
@@ -40,7 +41,8 @@ class QAModel(nn.Module):
     the text question's projection, so a spoken question lands where its text already means
     something. Spoken questions whose batch carries their transcript train the spotter
     (``word_presence_loss``, weight ``spoken_words``), and nothing else does: the head reads
-    what it heard as given. Why words: through the tower, spoken questions never bound to their
+    what it heard as given. A row asked in text and speech at once reads its text, so a
+    question asked in text can bring its recording for the spotter alone (``spotter_overhears``). Why words: through the tower, spoken questions never bound to their
     objects (spoken horizontal/vertical ~0.55 while text reached 1.00).
     """
 
@@ -123,10 +125,13 @@ class QAModel(nn.Module):
             word_logits = self.word_spotter.hear(batch)
             # Only transcripts train the spotter: the answer loss, let through, kept it from
             # telling colour words apart (spoken left/right 0.60 vs 1.00 at 1,500 steps).
-            heard = torch.sigmoid(word_logits).detach()
+            # Calibrated: the spotter's loss weighs words said SAID_WEIGHT times, which lifts its logits by log(it).
+            heard = torch.sigmoid(word_logits - math.log(SAID_WEIGHT)).detach()
             words = self.backbone.embedders["text"].word_vectors()           # (vocab, width)
             spoken = (heard @ words) / heard.sum(-1, keepdim=True).clamp(min=1.0)
-            question["text"] = question.get("text", 0.0) + spoken           # a row has one or the other
+            if "text" in question:  # a row asked in text too reads its words as written
+                spoken = spoken.masked_fill(batch["text_mask"].bool().any(1, keepdim=True), 0.0)
+            question["text"] = question.get("text", 0.0) + spoken
         return question, word_logits
 
     @staticmethod
