@@ -20,13 +20,11 @@ Measured 2026-11-29 (grid, 48 px, width 96), what led to the quickstart recipe:
 - all eight families mixed from step 0 still stall binding (horizontal 0.57 at 1,500 steps);
   hence the quickstart's curriculum (shape/horizontal/vertical first).
 """
-import sys, time, json, torch, random
-import torch.nn.functional as F
+import sys, time, torch
 from omniformer.config import load_config
 from omniformer.tasks.qa import QAModel
 from omniformer.tasks.common import samples_by_split, is_qa, image_preprocessor
 from omniformer.data.text import Tokenizer
-from omniformer.data.batching import collate
 from omniformer.data.manifest import resolve
 torch.set_num_threads(int(__import__("os").environ.get("T", "1")))
 data_dir = sys.argv[1]; steps = int(sys.argv[2]); overrides = sys.argv[3:]

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from omniformer.data.text import SPECIAL_TOKENS, Tokenizer, TokenizerError
 

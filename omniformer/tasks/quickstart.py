@@ -48,7 +48,7 @@ def run_quickstart(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     total = time.perf_counter() - start
 
     print(f"\nResults on the test split ({result.samples} questions, each asked in text and by voice;")
-    print(f"the test split's speech is half in a voice never heard in training):")
+    print("the test split's speech is half in a voice never heard in training):")
     rows = [("", "text", "spoken")]
     for key, label in [("non_relational", "non-relational"), ("relational", "relational"), ("accuracy", "all")]:
         rows.append((label, f"{100 * m.get(f'text/{key}', float('nan')):.1f}%",
