@@ -83,11 +83,12 @@ class MultimodalDataset(Dataset):
         sample, mode = self.samples[index], self.modes[index]
         item: dict[str, Any] = {"index": index}
         text = sample.get(self.text_field)
-        if self.tokenizer is not None and text:
+        as_text, as_transcript = mode in ("text", "both"), self.transcripts and mode in ("audio", "both")
+        if self.tokenizer is not None and text and (as_text or as_transcript):
             tokens = torch.tensor(self.tokenizer.encode(text, self.text_max_len), dtype=torch.long)
-            if mode in ("text", "both"):
+            if as_text:
                 item["text"] = tokens
-            if self.transcripts and mode in ("audio", "both"):
+            if as_transcript:
                 item["transcript"] = tokens
         if self.image is not None and sample.get("image"):
             item["image"] = self._image_features(sample["image"])

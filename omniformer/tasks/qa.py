@@ -41,9 +41,11 @@ class QAModel(nn.Module):
     the text question's projection, so a spoken question lands where its text already means
     something. Spoken questions whose batch carries their transcript train the spotter
     (``word_presence_loss``, weight ``spoken_words``), and nothing else does: the head reads
-    what it heard as given. A row asked in text and speech at once reads its text, so a
-    question asked in text can bring its recording for the spotter alone (``spotter_overhears``). Why words: through the tower, spoken questions never bound to their
-    objects (spoken horizontal/vertical ~0.55 while text reached 1.00).
+    what it heard as given, with the loss's weight on words said taken back out of its logits
+    (``SAID_WEIGHT``). A row asked in text and speech at once reads its text, so a question
+    asked in text can bring its recording for the spotter alone (``spotter_overhears``). Why
+    words: through the tower, spoken questions never bound to their objects (spoken
+    horizontal/vertical ~0.55 while text reached 1.00).
     """
 
     def __init__(self, cfg: ModelConfig, num_answers: int, spoken_words: float = 0.0):
@@ -92,7 +94,8 @@ class QAModel(nn.Module):
         # reads the image and any text. Its audio tokens, most of a spoken sample's sequence,
         # made fine-tuning 1.5x slower for nothing the head used (spoken 72.7% without them,
         # 74.4% with, at 1,500 steps: one seed each).
-        seen = batch if self.word_spotter is None else {k: v for k, v in batch.items() if k not in ("audio", "audio_mask")}
+        seen = batch if self.word_spotter is None else {k: v for k, v in batch.items()
+                                                        if k not in ("audio", "audio_mask")}
         fused = self.backbone(seen)
         out: dict[str, torch.Tensor] = {}
         if self.guided:
@@ -125,7 +128,8 @@ class QAModel(nn.Module):
             word_logits = self.word_spotter.hear(batch)
             # Only transcripts train the spotter: the answer loss, let through, kept it from
             # telling colour words apart (spoken left/right 0.60 vs 1.00 at 1,500 steps).
-            # Calibrated: the spotter's loss weighs words said SAID_WEIGHT times, which lifts its logits by log(it).
+            # Calibrated: the spotter's loss weighs words said SAID_WEIGHT times, which lifts its
+            # logits by log(SAID_WEIGHT).
             heard = torch.sigmoid(word_logits - math.log(SAID_WEIGHT)).detach()
             words = self.backbone.embedders["text"].word_vectors()           # (vocab, width)
             spoken = (heard @ words) / heard.sum(-1, keepdim=True).clamp(min=1.0)
