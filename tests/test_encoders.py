@@ -367,6 +367,18 @@ def test_word_spotter_pools_each_words_frames_by_log_mean_exp_and_ignores_paddin
     assert torch.sigmoid(logits[2]).max() == 0              # no frames: nothing heard
 
 
+def test_word_spotter_runs_under_bf16_autocast():
+    # The default precision on GPUs: padding must be filled with the scores' own dtype's minimum.
+    from omniformer.model import WordSpotter
+    torch.manual_seed(0)
+    spotter = WordSpotter(8, vocab_size=5)
+    frames, mask = torch.randn(2, 4, 8), torch.tensor([[True] * 4, [True, True, False, False]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = spotter(frames, mask)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    assert torch.allclose(logits.float(), spotter(frames, mask), atol=0.1)
+
+
 def test_guided_glimpses_read_an_attended_vector_and_a_count_per_head():
     from omniformer.model import GuidedAnswerHead
     torch.manual_seed(0)

@@ -168,8 +168,9 @@ class WordSpotter(nn.Module):
 
     def forward(self, frames: Tensor, mask: Tensor) -> Tensor:
         """Frames (B, N, width) with mask (B, N) -> (B, vocab) logits."""
-        lowest = torch.finfo(frames.dtype).min
-        scores = self.score(frames).masked_fill(~mask[..., None], lowest)
+        scores = self.score(frames)
+        lowest = torch.finfo(scores.dtype).min  # under autocast, scores are bf16 while frames are not
+        scores = scores.masked_fill(~mask[..., None], lowest)
         frames_per_row = mask.sum(1, keepdim=True)
         pooled = torch.logsumexp(scores, 1) - frames_per_row.clamp(min=1).to(scores.dtype).log()
         return pooled.masked_fill(frames_per_row == 0, lowest)
