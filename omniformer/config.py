@@ -462,6 +462,7 @@ class RunConfig:
     spoken_words: float = 0.0
     # Share of the training questions asked in text whose recording comes along for the word
     # spotter alone (the head reads their text): it then learns from more than the spoken share.
+    # With a fine-tuning curriculum, of the curriculum's families only (see question_modes).
     spotter_overhears: float = 0.0
 
     def validate(self) -> None:

@@ -78,3 +78,21 @@ def test_questions_asked_in_text_bring_their_recording_only_for_the_spotter():
         assert carried[-1] == "text"                               # no recording, nothing to hear
     cfg.spoken_words = 0.0
     assert question_modes(samples, cfg)[1] == asked                # no spotter, no recordings for it
+
+
+def test_with_a_curriculum_only_its_questions_bring_their_recording():
+    from omniformer.config import RunConfig
+    from omniformer.tasks.pipeline import question_modes
+    families = ["shape", "count"]
+    samples = [{"question": f"q{i}", "question_audio": f"q{i}.wav", "meta": {"family": families[i % 2]}}
+               for i in range(400)]
+    cfg = RunConfig(spoken_fraction=0.5, spoken_words=1.0, spotter_overhears=1.0)
+    cfg.model.answer_head, cfg.model.spoken_question = "guided", "words"
+    cfg.finetune.curriculum_families, cfg.finetune.curriculum_steps = ["shape"], 10
+    asked, carried = question_modes(samples, cfg)
+    for sample, way, carries in zip(samples, asked, carried):
+        in_curriculum = sample["meta"]["family"] == "shape"
+        assert carries == ("both" if way == "text" and in_curriculum else way)
+    assert 50 < carried.count("both") < 150
+    cfg.finetune.curriculum_steps = 0                              # no curriculum: every family
+    assert {s["meta"]["family"] for s, c in zip(samples, question_modes(samples, cfg)[1]) if c == "both"} == set(families)

@@ -53,12 +53,19 @@ def question_modes(samples: list[dict], cfg: RunConfig) -> tuple[list[str], list
     """How each training question is asked, "text" or "audio" (a ``cfg.spoken_fraction`` of
     those with a recording by voice), and what its sample carries: the same, except that a
     ``cfg.spotter_overhears`` share of those asked in text bring their recording too ("both"),
-    for the word spotter alone."""
+    for the word spotter alone. With a curriculum, only questions of its families do: the
+    spotter learns the words while the head learns to bind them, at the cost of one spotter
+    pass on those batches instead of on every text batch."""
     rng, overhear = random.Random(cfg.finetune.seed), random.Random(cfg.finetune.seed + 1)
     asked = ["audio" if s.get("question_audio") and rng.random() < cfg.spoken_fraction else "text" for s in samples]
     share = cfg.spotter_overhears if cfg.spoken_words > 0 else 0.0
-    carried = ["both" if way == "text" and s.get("question_audio") and overhear.random() < share else way
-               for s, way in zip(samples, asked)]
+    families = set(cfg.finetune.curriculum_families) if cfg.finetune.curriculum_steps else None
+
+    def overheard(sample: dict, way: str) -> bool:
+        in_scope = families is None or sample.get("meta", {}).get("family") in families
+        return way == "text" and bool(sample.get("question_audio")) and overhear.random() < share and in_scope
+
+    carried = ["both" if overheard(s, way) else way for s, way in zip(samples, asked)]
     return asked, carried
 
 
