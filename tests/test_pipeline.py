@@ -96,3 +96,5 @@ def test_with_a_curriculum_only_its_questions_bring_their_recording():
     assert 50 < carried.count("both") < 150
     cfg.finetune.curriculum_steps = 0                              # no curriculum: every family
     assert {s["meta"]["family"] for s, c in zip(samples, question_modes(samples, cfg)[1]) if c == "both"} == set(families)
+    cfg.spoken_fraction = 0.0                                      # nothing asked by voice: nothing to hear
+    assert "both" not in question_modes(samples, cfg)[1]

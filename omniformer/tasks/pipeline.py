@@ -58,7 +58,8 @@ def question_modes(samples: list[dict], cfg: RunConfig) -> tuple[list[str], list
     pass on those batches instead of on every text batch."""
     rng, overhear = random.Random(cfg.finetune.seed), random.Random(cfg.finetune.seed + 1)
     asked = ["audio" if s.get("question_audio") and rng.random() < cfg.spoken_fraction else "text" for s in samples]
-    share = cfg.spotter_overhears if cfg.spoken_words > 0 else 0.0
+    # No spotter to train, or no question asked by voice for it to hear: nothing overheard.
+    share = cfg.spotter_overhears if cfg.spoken_words > 0 and cfg.spoken_fraction > 0 else 0.0
     families = set(cfg.finetune.curriculum_families) if cfg.finetune.curriculum_steps else None
 
     def overheard(sample: dict, way: str) -> bool:
