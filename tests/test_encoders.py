@@ -322,7 +322,7 @@ def test_spoken_question_heard_as_words_through_the_text_projection():
 
 
 def test_question_in_text_and_speech_reads_the_text_and_trains_the_spotter():
-    """A question asked in text whose recording comes along (spotter_hears_all): the head reads
+    """A question asked in text whose recording comes along (spotter_overhears): the head reads
     the written words, the spotter learns from the recording."""
     from omniformer.objectives import word_presence_loss
     from omniformer.tasks.qa import QAModel

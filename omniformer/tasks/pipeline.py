@@ -49,6 +49,11 @@ def answer_vocabulary(samples: list[dict]) -> list[str]:
     return sorted({s["answer"] for s in samples if s.get("answer") is not None})
 
 
+def in_curriculum(sample: dict, cfg: RunConfig) -> bool:
+    """Whether a QA sample's family is one the fine-tuning curriculum starts with."""
+    return bool(cfg.finetune.curriculum_steps) and sample.get("meta", {}).get("family") in cfg.finetune.curriculum_families
+
+
 def question_modes(samples: list[dict], cfg: RunConfig) -> tuple[list[str], list[str]]:
     """How each training question is asked, "text" or "audio" (a ``cfg.spoken_fraction`` of
     those with a recording by voice), and what its sample carries: the same, except that a
@@ -60,10 +65,9 @@ def question_modes(samples: list[dict], cfg: RunConfig) -> tuple[list[str], list
     asked = ["audio" if s.get("question_audio") and rng.random() < cfg.spoken_fraction else "text" for s in samples]
     # No spotter to train, or no question asked by voice for it to hear: nothing overheard.
     share = cfg.spotter_overhears if cfg.spoken_words > 0 and cfg.spoken_fraction > 0 else 0.0
-    families = set(cfg.finetune.curriculum_families) if cfg.finetune.curriculum_steps else None
 
     def overheard(sample: dict, way: str) -> bool:
-        in_scope = families is None or sample.get("meta", {}).get("family") in families
+        in_scope = not cfg.finetune.curriculum_steps or in_curriculum(sample, cfg)
         return way == "text" and bool(sample.get("question_audio")) and overhear.random() < share and in_scope
 
     carried = ["both" if overheard(s, way) else way for s, way in zip(samples, asked)]
@@ -163,9 +167,8 @@ def finetune(cfg: RunConfig, init: str | Path | None = None, resume: bool = Fals
     meta = meta_for(QA_TASK, cfg, answers=answers, init=str(init) if init else None,
                     model_id=f"omniformer-qa-{Path(cfg.out_dir).name}")
     # The curriculum's questions are asked in text: speech joins once words are bound to objects.
-    families = set(cfg.finetune.curriculum_families)
     curriculum = [i for i, (s, way) in enumerate(zip(train, asked))
-                  if way == "text" and s.get("meta", {}).get("family") in families] if families else None
+                  if way == "text" and in_curriculum(s, cfg)] if cfg.finetune.curriculum_steps else None
     # Bucket keys: equal keys keep their shuffled order, so "modality" batches are otherwise random.
     lengths = train_set.lengths() if cfg.finetune.bucket == "length" else [("text", "audio", "both").index(m) for m in modes]
     fit(model, train_set, cfg.finetune, out, collate_fn=collate, meta=meta, tokenizer=tokenizer,
