@@ -118,7 +118,7 @@ def cmd_finetune(args, overrides) -> int:
 def cmd_evaluate(args, overrides) -> int:
     from .tasks.pipeline import evaluate
     ways = tuple(w for w in args.ways.split(",") if w)
-    result = evaluate(args.model, args.manifest, args.split, ways=ways)
+    result = evaluate(args.model, args.manifest, args.split, ways=ways, device=args.device, workers=args.workers)
     print_table(result.metrics, f"{args.model} on {args.split} ({result.samples} questions, "
                                 f"{result.seconds:.1f} s)")
     _write_json(args.json, {"split": args.split, "samples": result.samples, "metrics": result.metrics})
@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", help="default: the data the model was trained on")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--ways", default="text,audio", help="ask in text, audio or both (comma-separated)")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, mps...")
+    p.add_argument("--workers", type=int, default=2, help="processes that read and preprocess the samples")
     p.add_argument("--json", help="also write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate)
 

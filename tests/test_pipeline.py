@@ -14,6 +14,8 @@ def test_qa_learns_counting(trained_qa):
     result = evaluate(model_dir, manifest, "test", ways=("text",))
     assert result.samples >= 20
     assert result.metrics["text/family/count"] >= 0.85, result.metrics
+    # Samples read by worker processes come back in order: the same answers, the same report.
+    assert evaluate(model_dir, manifest, "test", ways=("text",), workers=2).metrics == result.metrics
 
 
 def test_pretrain_then_finetune_from_it_and_resume(tmp_path, small_shapes):

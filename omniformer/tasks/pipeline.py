@@ -41,8 +41,9 @@ def ensure_data(cfg: RunConfig, progress: bool = True) -> Path:
             return manifest
         raise FileExistsError(f"{out} holds ShapesWorld made with other settings ({made_with}); "
                               f"choose another data.shapes_dir or delete it")
-    # Generation runs in processes of its own, whatever the training loader's worker count.
-    return generate_shapes(out, cfg.data.shapes, workers=min(2, os.cpu_count() or 1), progress=progress)
+    # Generation runs in processes of its own, whatever the training loader's worker count; its
+    # output is the same for any number of them, so every core takes a share.
+    return generate_shapes(out, cfg.data.shapes, workers=os.cpu_count() or 1, progress=progress)
 
 
 def answer_vocabulary(samples: list[dict]) -> list[str]:
@@ -162,7 +163,8 @@ def finetune(cfg: RunConfig, init: str | Path | None = None, resume: bool = Fals
 
     def evaluate(m: QAModel) -> dict[str, float]:
         ways = ("text", "audio") if cfg.spoken_fraction > 0 else ("text",)
-        return evaluate_qa(m, manifest, val, cfg, tokenizer, answers, ways=ways, device=device)
+        return evaluate_qa(m, manifest, val, cfg, tokenizer, answers, ways=ways, workers=cfg.finetune.workers,
+                           device=device)
 
     meta = meta_for(QA_TASK, cfg, answers=answers, init=str(init) if init else None,
                     model_id=f"omniformer-qa-{Path(cfg.out_dir).name}")
@@ -186,8 +188,9 @@ class Evaluation:
 
 
 def evaluate(model_dir: str | Path, manifest: str | Path | None = None, split: str = "test",
-             ways: tuple[str, ...] = ("text", "audio"), device: str = "auto") -> Evaluation:
-    """Accuracy of a QA checkpoint on a split of its manifest (or another manifest)."""
+             ways: tuple[str, ...] = ("text", "audio"), device: str = "auto", workers: int = 0) -> Evaluation:
+    """Accuracy of a QA checkpoint on a split of its manifest (or another manifest); ``workers``
+    processes read and preprocess the samples (0: this one)."""
     from .qa import QAPredictor
     predictor = QAPredictor.load(model_dir, device=str(resolve_device(device)))
     cfg = predictor.cfg
@@ -197,5 +200,5 @@ def evaluate(model_dir: str | Path, manifest: str | Path | None = None, split: s
         raise ValueError(f"{manifest}: no QA samples in split {split!r}")
     start = time.perf_counter()
     metrics = evaluate_qa(predictor.model, manifest, samples, cfg, predictor.tokenizer, predictor.answers, ways=ways,
-                          device=next(predictor.model.parameters()).device)
+                          workers=workers, device=next(predictor.model.parameters()).device)
     return Evaluation(metrics, split, len(samples), time.perf_counter() - start)
