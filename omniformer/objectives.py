@@ -31,6 +31,9 @@ def mask_tokens(input_ids: Tensor, attention_mask: Tensor, vocab_size: int, spec
     maskable = attention_mask.bool() & ~torch.isin(input_ids, specials)
 
     def rand() -> Tensor:
+        # Without a generator, the *_like form: torch.compile traces it over a batch of any size.
+        if generator is None:
+            return torch.rand_like(input_ids, dtype=torch.float)
         return torch.rand(input_ids.shape, generator=generator, device=device)
 
     selected = maskable & (rand() < probability)
@@ -47,7 +50,8 @@ def mask_tokens(input_ids: Tensor, attention_mask: Tensor, vocab_size: int, spec
     allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
     allowed[specials[(specials >= 0) & (specials < vocab_size)]] = False
     allowed_ids = allowed.nonzero().squeeze(1)
-    picks = torch.randint(len(allowed_ids), input_ids.shape, generator=generator, device=device)
+    picks = (torch.randint_like(input_ids, len(allowed_ids)) if generator is None else
+             torch.randint(len(allowed_ids), input_ids.shape, generator=generator, device=device))
     masked = torch.where(to_mask, torch.full_like(input_ids, mask_id), input_ids)
     masked = torch.where(to_random, allowed_ids[picks], masked)
     return masked, labels

@@ -53,6 +53,21 @@ def test_mask_tokens_at_least_one_per_row_and_deterministic():
     assert (labels == -100).all()
 
 
+def test_mask_tokens_traces_under_torch_compile_for_any_batch_shape():
+    """train.compile=true: dynamo traces the masking with symbolic shapes (it failed on
+    torch.rand(shape, generator=None) before), for batches of two lengths."""
+    def mask(ids, attention):
+        return mask_tokens(ids, attention, 50, [0, 1, 2], mask_id=3)
+    compiled = torch.compile(mask, dynamic=True, backend="eager")
+    torch.manual_seed(0)
+    for length in (8, 13):
+        ids = torch.randint(4, 50, (5, length))
+        masked, labels = compiled(ids, torch.ones_like(ids, dtype=torch.bool))
+        chosen = labels != -100
+        assert masked.shape == ids.shape and chosen.any(1).all()
+        assert torch.equal(labels[chosen], ids[chosen]) and torch.equal(masked[~chosen], ids[~chosen])
+
+
 def test_info_nce_hand_computed():
     a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     b = torch.tensor([[3.0, 0.0], [1.0, 1.0]])  # normalised: [1, 0], [0.7071, 0.7071]
