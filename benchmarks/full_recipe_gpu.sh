@@ -14,6 +14,7 @@
 # EXTRA_FINETUNE add overrides (a dry run on a CPU: EXTRA_PRETRAIN="--pretrain.steps=4").
 # PRETRAIN_LIMIT and FINETUNE_LIMIT (seconds; 450 and 470) interrupt the recipe's run so that
 # it saves its last checkpoint (--resume continues it) and the stage still returns its files.
+# PAIR=0 leaves the 10%-label run out (the recipe's run then has the GPU to itself).
 set -uo pipefail
 stage=${1:?pretrain or finetune}
 out=${2:?output folder}
@@ -38,7 +39,9 @@ ensure_data(load_config('$config'), progress=False)" || exit 1
   echo "data: $(elapsed "$t") s" | tee -a "$out/timing.txt"
 }
 pack() {  # pack FILES...: the checkpoints and logs, in pieces small enough to come back
-  tar cf - "$@" | split -b 15M - "$out/pack.part-"
+  local found=() path
+  for path in "$@"; do [ -e "$path" ] && found+=("$path"); done
+  tar cf - "${found[@]}" | split -b 15M - "$out/pack.part-"
 }
 
 case $stage in
@@ -50,13 +53,16 @@ pretrain)
   timeout -s INT "${PRETRAIN_LIMIT:-450}" python3 -m omniformer.cli pretrain --config $config --pretrain.workers=8 --pretrain.progress=false ${EXTRA_PRETRAIN:-} \
     >"$out/pretrain.log" 2>&1 &
   main=$!
-  omni finetune --config $config --out_dir=runs/full-scratch10 "${pair[@]}" ${EXTRA_FINETUNE:-} \
-    >"$out/scratch10.log" 2>&1 &
-  side=$!
-  wait $side; echo "scratch at 10% labels: rc $? after $(elapsed "$t") s" | tee -a "$out/timing.txt"
+  if [ "${PAIR:-1}" != 0 ]; then
+    omni finetune --config $config --out_dir=runs/full-scratch10 "${pair[@]}" ${EXTRA_FINETUNE:-} \
+      >"$out/scratch10.log" 2>&1 &
+    side=$!
+    wait $side; echo "scratch at 10% labels: rc $? after $(elapsed "$t") s" | tee -a "$out/timing.txt"
+  fi
   wait $main; rc=$?; echo "pretraining: rc $rc after $(elapsed "$t") s" | tee -a "$out/timing.txt"
   tail -n 3 "$out/pretrain.log"
-  omni evaluate --model runs/full-scratch10/qa/best --workers 12 --json "$out/scratch10_test.json" | tail -n 20
+  [ "${PAIR:-1}" != 0 ] &&
+    omni evaluate --model runs/full-scratch10/qa/best --workers 12 --json "$out/scratch10_test.json" | tail -n 20
   pack runs/shapes-full/pretrain/last/{model.safetensors,config.json,tokenizer.json,trainer.json} \
     runs/shapes-full/pretrain/tb runs/full-scratch10/qa/best runs/full-scratch10/qa/tb
   exit $rc
@@ -72,16 +78,19 @@ finetune)
     --init runs/shapes-full/pretrain/last --finetune.workers=8 \
     --finetune.progress=false ${EXTRA_FINETUNE:-} >"$out/finetune.log" 2>&1 &
   main=$!
-  omni finetune --config $config --out_dir=runs/full-pretrained10 --init runs/shapes-full/pretrain/last \
-    "${pair[@]}" ${EXTRA_FINETUNE:-} >"$out/pretrained10.log" 2>&1 &
-  side=$!
-  wait $side; echo "pretrained at 10% labels: rc $? after $(elapsed "$t") s" | tee -a "$out/timing.txt"
+  if [ "${PAIR:-1}" != 0 ]; then
+    omni finetune --config $config --out_dir=runs/full-pretrained10 --init runs/shapes-full/pretrain/last \
+      "${pair[@]}" ${EXTRA_FINETUNE:-} >"$out/pretrained10.log" 2>&1 &
+    side=$!
+    wait $side; echo "pretrained at 10% labels: rc $? after $(elapsed "$t") s" | tee -a "$out/timing.txt"
+  fi
   wait $main; rc=$?; echo "fine-tuning: rc $rc after $(elapsed "$t") s" | tee -a "$out/timing.txt"
   grep "^\[finetune\]" "$out/finetune.log" | cut -c1-200
   t=$(clock)
   omni evaluate --model runs/shapes-full/qa/best --workers 12 --json "$out/full_test.json" | tail -n 25
   echo "test evaluation: $(elapsed "$t") s" | tee -a "$out/timing.txt"
-  omni evaluate --model runs/full-pretrained10/qa/best --workers 12 --json "$out/pretrained10_test.json" | tail -n 8
+  [ "${PAIR:-1}" != 0 ] &&
+    omni evaluate --model runs/full-pretrained10/qa/best --workers 12 --json "$out/pretrained10_test.json" | tail -n 8
   pack runs/shapes-full/qa/best runs/shapes-full/qa/tb runs/full-pretrained10/qa/best runs/full-pretrained10/qa/tb
   exit $rc
   ;;
