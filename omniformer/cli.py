@@ -36,6 +36,13 @@ def _load(args, overrides: list[str], default: str | None = "quickstart"):
     return load_config(recipe_path(args.config or default), overrides)
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
 def _write_json(path: str | None, data) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=["free", "grid"], help="free placement (standard) or a grid (easier)")
     p.add_argument("--max-objects", type=int, dest="max_objects")
     p.add_argument("--voices", type=int)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=_count, default=2)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_data_shapes)
     p = data.add_parser("check", help="validate every line of a manifest; non-zero exit on problems")
@@ -201,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--ways", default="text,audio", help="ask in text, audio or both (comma-separated)")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, mps...")
-    p.add_argument("--workers", type=int, default=2, help="processes that read and preprocess the samples")
+    p.add_argument("--workers", type=_count, default=2, help="processes that read and preprocess the samples")
     p.add_argument("--json", help="also write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate)
 

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 from omniformer.config import TrainConfig
 from omniformer.data.batching import collate
 from omniformer.train import checkpoint as ckpt
-from omniformer.train.loop import fit
+from omniformer.train.loop import fit, resolve_device
 
 
 class Toy(Dataset):
@@ -171,3 +171,13 @@ def test_curriculum_without_samples_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="curriculum"):
         fit(ToyModel(), Toy(), cfg(curriculum_steps=2, curriculum_families=["shape"]), tmp_path,
             collate_fn=collate, meta={}, curriculum=[])
+
+
+def test_resolve_device_names_a_bad_or_missing_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="'gpu0' is not a device name"):
+        resolve_device("gpu0")
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: none on a CPU machine
+    with pytest.raises(ValueError, match=f"'{missing}' is not available"):
+        resolve_device(missing)

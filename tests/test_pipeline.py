@@ -16,6 +16,17 @@ def test_qa_learns_counting(trained_qa):
     assert result.metrics["text/family/count"] >= 0.85, result.metrics
     # Samples read by worker processes come back in order: the same answers, the same report.
     assert evaluate(model_dir, manifest, "test", ways=("text",), workers=2).metrics == result.metrics
+    # The CLI passes --device and --workers through, and names a bad value.
+    out = model_dir.parent / "cli_eval.json"
+    cli = [sys.executable, "-m", "omniformer.cli", "evaluate", "--model", str(model_dir), "--manifest", str(manifest),
+           "--ways", "text", "--device", "cpu", "--workers", "1", "--json", str(out)]
+    run = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(out.read_text())["metrics"] == result.metrics
+    bad = subprocess.run(cli[:-6] + ["--device", "gpu0"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "'gpu0' is not a device name" in bad.stderr
+    bad = subprocess.run(cli[:-6] + ["--workers", "-1"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "whole number >= 0" in bad.stderr
 
 
 def test_pretrain_then_finetune_from_it_and_resume(tmp_path, small_shapes):

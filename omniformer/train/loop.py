@@ -29,13 +29,21 @@ from .optim import build_optimizer, build_scheduler
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """"auto": a CUDA GPU, else Apple's MPS, else the CPU. A named device must exist here: the
+    error names it now rather than at the first tensor moved."""
+    mps_available = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+        return torch.device("mps" if mps_available else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: {name!r} is not a device name; expected auto, cpu, cuda, cuda:N or mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": mps_available}.get(device.type, True)
+    if not available or (device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device: {name!r} is not available on this machine; use auto or cpu")
+    return device
 
 
 def autocast_context(device: torch.device, precision: str):
