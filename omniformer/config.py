@@ -309,6 +309,10 @@ class ModelConfig:
     spoken_question: Literal["tower", "words"] = "tower"
     # Looks the guided head takes at the image, each querying with what the last one saw.
     answer_glimpses: int = 1
+    # The guided head also relates every image token to the object its first glimpse found
+    # (an MLP on each pair with their offset and distance, see AnchorRelation): closest,
+    # furthest, same shape as.
+    answer_relations: bool = False
 
     def validate(self) -> None:
         _check(self.width > 0 and self.heads > 0 and self.width % self.heads == 0,
@@ -319,6 +323,8 @@ class ModelConfig:
         _check(0.0 <= self.attn_dropout < 1.0, f"attn_dropout: must be in [0, 1), got {self.attn_dropout}")
         _check(self.mlp_ratio > 0, f"mlp_ratio: must be > 0, got {self.mlp_ratio}")
         _check(self.answer_glimpses >= 1, f"answer_glimpses: must be >= 1, got {self.answer_glimpses}")
+        _check(not self.answer_relations or self.answer_head == "guided",
+               f"answer_relations: needs answer_head=guided, got answer_head={self.answer_head}")
         known = {"text", "image", "audio"}
         bad = [m for m in self.modalities if m not in known]
         _check(not bad, f"modalities: unknown {bad}; known: {sorted(known)}")

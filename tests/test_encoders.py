@@ -272,6 +272,95 @@ def test_guided_answer_head_ignores_padding_and_survives_no_image():
     assert torch.allclose(logits[2:], no_image, atol=1e-6)
 
 
+def test_image_token_coordinates_are_patch_centres_in_token_order():
+    plain = ImageEmbedder(small_cfg())                        # 16 px in 4-px patches: a 4 x 4 grid
+    xy = plain.token_xy
+    assert xy.shape == (16, 2)
+    assert torch.allclose(xy[0], torch.tensor([0.125, 0.125])) and torch.allclose(xy[1], torch.tensor([0.375, 0.125]))
+    assert torch.allclose(xy[4], torch.tensor([0.125, 0.375])) and torch.allclose(xy[15], torch.tensor([0.875, 0.875]))
+    with_cls = ImageEmbedder(small_cfg(image=ImageConfig(size=16, patch_size=4, cls_token=True)))
+    assert with_cls.token_xy.shape == (17, 2) and torch.equal(with_cls.token_xy[1:], xy)
+    assert "token_xy" not in plain.state_dict()               # derived from the config, not a weight
+
+
+def test_relations_ignore_padding_and_need_coordinates():
+    from omniformer.model import GuidedAnswerHead
+    torch.manual_seed(0)
+    head = GuidedAnswerHead(32, 4, num_answers=5, question_modalities=["text"], relations=True).eval()
+    cls, question = torch.randn(2, 32), {"text": torch.randn(2, 32)}
+    image, xy = torch.randn(2, 6, 32), torch.rand(6, 2)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    logits = head(cls, question, image, mask, xy)
+    changed = image.clone()
+    changed[1, 4:] = 100.0                                    # what padding holds must not matter
+    assert torch.allclose(head(cls, question, changed, mask, xy), logits, atol=1e-5)
+    shorter = head(cls[1:], {"text": question["text"][1:]}, image[1:, :4], mask[1:, :4], xy[:4])
+    assert torch.allclose(shorter, logits[1:], atol=1e-5)
+    with pytest.raises(ValueError, match="coordinates"):
+        head(cls, question, image, mask)
+    with pytest.raises(ValueError, match="answer_relations: needs answer_head=guided"):
+        small_cfg(answer_relations=True).validate()
+
+
+def _closest_object_batch(B, g, words, positions, grid=6, objects=6):
+    """Tokens on a grid (colour + shape + position embeddings, empty cells masked), a question
+    (the anchor's colour, plus a word for "closest" in half the rows), and the answer: the
+    shape of the object closest to the anchor, or the anchor's own shape where it was not
+    asked (those questions teach the first look to find the colour named, as ShapesWorld's
+    shape questions do)."""
+    colours, shapes, closest = words["colour"], words["shape"], words["closest"]
+    rows = torch.arange(B)
+    colour = torch.stack([torch.randperm(len(colours), generator=g)[:objects] for _ in range(B)])
+    shape = torch.randint(len(shapes), (B, objects), generator=g)
+    cell = torch.stack([torch.randperm(grid * grid, generator=g)[:objects] for _ in range(B)])
+    tokens = torch.zeros(B, grid * grid, colours.size(1)).scatter(
+        1, cell[..., None].expand(-1, -1, colours.size(1)), colours[colour] + shapes[shape])
+    mask = torch.zeros(B, grid * grid, dtype=torch.bool).scatter(1, cell, True)
+    tokens = (tokens + positions) * mask[..., None]
+    xy = torch.stack([cell % grid, cell // grid], -1).float()
+    anchor = torch.randint(objects, (B,), generator=g)
+    distance = (xy - xy[rows, anchor][:, None]).norm(dim=-1)
+    distance[rows, anchor] = math.inf
+    relational = rows % 2 == 0
+    question = colours[colour[rows, anchor]] + relational[:, None] * closest
+    answer = torch.where(relational, shape[rows, distance.argmin(1)], shape[rows, anchor])
+    return tokens, mask, question, answer, relational
+
+
+def test_relations_learn_which_object_is_closest_where_glimpses_cannot():
+    """Learning, on synthetic tokens: "what shape is the object closest to the <colour> one?"
+    mixed with "what shape is the <colour> one?". With the relational reading the closest
+    questions reach 0.93 in 1,000 steps; with one glimpse alone they stay at 0.55 (measured)."""
+    from omniformer.model import GuidedAnswerHead
+    from omniformer.model.layers import sinusoidal_positions_2d
+    torch.manual_seed(0)
+    width, grid = 32, 6
+    words = {"colour": torch.randn(6, width), "shape": torch.randn(3, width), "closest": torch.randn(width)}
+    positions = sinusoidal_positions_2d(grid, grid, width)
+    xy = ImageEmbedder(small_cfg(image=ImageConfig(size=grid * 4, patch_size=4))).token_xy
+    accuracy = {}
+    for relations in (True, False):
+        torch.manual_seed(1)
+        head = GuidedAnswerHead(width, 4, 3, ["text"], relations=relations)
+        optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(2)
+        for _ in range(1000):
+            tokens, mask, question, answer, _ = _closest_object_batch(128, g, words, positions)
+            logits = head(torch.zeros(128, width), {"text": question}, tokens, mask, xy)
+            loss = nn.functional.cross_entropy(logits, answer)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        tokens, mask, question, answer, relational = _closest_object_batch(
+            2000, torch.Generator().manual_seed(3), words, positions)
+        with torch.no_grad():
+            logits = head(torch.zeros(2000, width), {"text": question}, tokens, mask, xy)
+        right = logits.argmax(-1) == answer
+        accuracy[relations] = (right[relational].float().mean().item(), right[~relational].float().mean().item())
+    assert accuracy[True][0] >= 0.85 and accuracy[True][1] >= 0.95, accuracy
+    assert accuracy[False][0] <= 0.75, accuracy
+
+
 def test_guided_answer_head_in_qa_model_any_modalities():
     from omniformer.tasks.qa import QAModel
     model = QAModel(small_cfg(answer_head="guided"), num_answers=7)

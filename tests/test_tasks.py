@@ -131,3 +131,19 @@ def test_guided_matching_pretrains_the_head_that_qa_answers_with(tmp_path, monke
     assert torch.equal(qa.answer_head.seen[0].weight, head.seen[0].weight)
     assert torch.equal(qa.answer_head.classifier.net[0].weight, head.classifier.net[0].weight)
     assert torch.equal(qa.answer_head.classifier.net[-1].weight, output)   # one logit vs five answers: its own
+
+
+def test_guided_matching_checkpoint_loads_into_a_head_with_relations(tmp_path):
+    from omniformer.train import checkpoint as ckpt
+    cfg = small_cfg("--objectives.guided_matching=1.0", "--model.answer_head=guided")
+    torch.manual_seed(0)
+    model = PretrainingModel(cfg.model, cfg.objectives, [0, 1, 2, 3, 4], mask_id=4)
+    ckpt.save_checkpoint(tmp_path / "pre", model, {"task": "pretrain"})
+    cfg.model.answer_relations = True
+    qa = QAModel(cfg.model, num_answers=5)
+    first = qa.answer_head.classifier.net[0].weight.clone()
+    qa.load_pretrained(tmp_path / "pre")       # matching had no relations: those and the classifier's input are new
+    head = model.guided_matching_head
+    assert torch.equal(qa.answer_head.key[0].weight, head.key[0].weight)
+    assert torch.equal(qa.answer_head.classifier.net[0].weight, first)
+    assert torch.equal(qa.answer_head.classifier.net[2].weight, head.classifier.net[2].weight)

@@ -139,6 +139,13 @@ class ImageEmbedder(Embedder):
         n = self.grid * self.grid
         self.patch_dim = c.patch_size * c.patch_size * c.channels  # width of patchify's targets
         self.cls = nn.Parameter(torch.randn(cfg.width) * 0.02) if getattr(c, "cls_token", False) else None
+        # Each token's (x, y) centre in [0, 1], in forward's order; [CLS] at the image's centre.
+        centres = (torch.arange(self.grid) + 0.5) / self.grid
+        y, x = torch.meshgrid(centres, centres, indexing="ij")
+        xy = torch.stack([x.flatten(), y.flatten()], -1)
+        if self.cls is not None:
+            xy = torch.cat([torch.full((1, 2), 0.5), xy])
+        self.register_buffer("token_xy", xy, persistent=False)
         extra = 0 if self.cls is None else 1
         if c.positions == "learned":
             self.positions = LearnedPositions(n + extra, cfg.width)

@@ -88,8 +88,10 @@ class GuidedAnswerHead(nn.Module):
     readings: the softmax-attended image vector (what the question points at) and, per head,
     the sum of sigmoid scores over the image tokens (how many tokens match: a count, which a
     softmax normalises away). Glimpse g+1 queries with the question plus what glimpse g saw,
-    a second hop for "the object closest to the red one". The classifier reads [CLS], the
-    question and every glimpse's readings. ``QAModel`` gives it the question's embedded
+    a second hop for "the object closest to the red one". With ``relations``, an
+    ``AnchorRelation`` also relates every image token to the object the question names
+    (closest, furthest, same shape). The classifier reads [CLS], the question and every
+    glimpse's readings (and the relation's). ``QAModel`` gives it the question's embedded
     tokens, before any Transformer layer, and speech as its tower's output or the words heard.
     Why: "what shape is the red object?" needs the word "red" to pick one image token. Through
     the fusion stack that pick is a two-hop circuit ([CLS] -> word -> object) that stayed at
@@ -98,7 +100,7 @@ class GuidedAnswerHead(nn.Module):
     """
 
     def __init__(self, width: int, heads: int, num_answers: int, question_modalities: Sequence[str] = ("text", "audio"),
-                 glimpses: int = 1, dropout: float = 0.0, eps: float = 1e-5):
+                 glimpses: int = 1, dropout: float = 0.0, eps: float = 1e-5, relations: bool = False):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} must be a multiple of heads {heads}")
@@ -109,12 +111,15 @@ class GuidedAnswerHead(nn.Module):
         self.query = nn.ModuleList(nn.Linear(width, width) for _ in range(glimpses))
         self.key = nn.ModuleList(nn.Linear(width, width) for _ in range(glimpses))
         self.seen = nn.ModuleList(nn.Linear(width, width) for _ in range(glimpses - 1))
-        self.classifier = AnswerHead((2 + glimpses) * width + glimpses * heads, num_answers, hidden=2 * width,
-                                     dropout=dropout, eps=eps)
+        self.relate = AnchorRelation(width, heads) if relations else None
+        readings = (2 + glimpses) * width + glimpses * heads + (0 if self.relate is None else width + heads)
+        self.classifier = AnswerHead(readings, num_answers, hidden=2 * width, dropout=dropout, eps=eps)
 
-    def forward(self, cls: Tensor, question: dict[str, Tensor], image: Tensor, image_mask: Tensor) -> Tensor:
+    def forward(self, cls: Tensor, question: dict[str, Tensor], image: Tensor, image_mask: Tensor,
+                coordinates: Tensor | None = None) -> Tensor:
         """cls (B, width); question {modality: question vector (B, width), zeros where the
-        sample lacks it}; image (B, N, width) with image_mask (B, N) -> logits (B, answers)."""
+        sample lacks it}; image (B, N, width) with image_mask (B, N); coordinates (N, 2) of
+        the image tokens, needed with ``relations`` -> logits (B, answers)."""
         B, N, W = image.shape
         h, d = self.heads, W // self.heads
         asked = sum((self.question[m](x) for m, x in question.items()), cls.new_zeros(B, W))
@@ -132,7 +137,69 @@ class GuidedAnswerHead(nn.Module):
             readings += [attended, counts]
             if g < len(self.seen):
                 context = asked + self.seen[g](attended)
+        if self.relate is not None:
+            if coordinates is None:
+                raise ValueError("the guided head's relations need the image tokens' coordinates")
+            readings += self.relate(asked, image, image_mask, coordinates)
         return self.classifier(torch.cat([cls, asked, *readings], dim=-1))
+
+
+class AnchorRelation(nn.Module):
+    """Every image token related to the object the question names: a Relation Network
+    (Santoro et al. 2017) with one side of each pair fixed to that anchor, so N pairs, not N^2.
+
+    The question points at its anchor with a softmax over the tokens of its own, which gives
+    the anchor's vector and, from the tokens' coordinates, its place. g(token, anchor,
+    question, geometry) is an MLP on the token, the anchor, their elementwise product (same
+    shape?), the question, and the offset and distance between the two (closest? furthest?);
+    its first layer is a sum of projections, a linear layer on their concatenation. Per head,
+    g scores every token: a softmax reads the token selected (the object closest to the
+    anchor) and the sum of sigmoids counts the tokens that pass (objects of the anchor's
+    shape). Why: the glimpses' ``q . k`` cannot rank tokens by their distance to another
+    token, and relations were what the full recipe missed (closest 78.9%, furthest 84.3%,
+    count_shape 77.5% on its truncated GPU run). Why a pointer of its own rather than the first
+    glimpse's attention: that attention, averaged over its heads, is a blurred place; on
+    synthetic tokens (tests/test_encoders.py, 800 steps) the closest object was then found
+    0.56 of the time, against 0.90 with its own pointer.
+    """
+
+    GEOMETRY = 4  # dx, dy, distance, squared distance
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.find = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.token = nn.Linear(width, width)
+        self.anchor = nn.Linear(width, width, bias=False)
+        self.same = nn.Linear(width, width, bias=False)
+        self.asked = nn.Linear(width, width, bias=False)
+        self.geometry = nn.Linear(self.GEOMETRY, width, bias=False)
+        self.hidden = nn.Linear(width, width)
+        self.score = nn.Linear(width, heads)
+        self.act = nn.GELU()
+
+    def forward(self, asked: Tensor, image: Tensor, image_mask: Tensor, coordinates: Tensor) -> list[Tensor]:
+        """asked (B, width); image (B, N, width), image_mask (B, N); coordinates (N, 2), each
+        token's place in the image in [0, 1] -> [the selected tokens (B, width), the counts (B, heads)]."""
+        B, N, W = image.shape
+        h, d = self.heads, W // self.heads
+        fill = torch.finfo(image.dtype).min
+        pointer = (self.key(image) @ self.find(asked)[:, :, None]).squeeze(-1) * W ** -0.5
+        pointer = pointer.masked_fill(~image_mask, fill).softmax(-1)                # (B, N)
+        anchor = (pointer[:, None] @ image).squeeze(1)                               # (B, W)
+        where = pointer @ coordinates.to(pointer.dtype)                              # (B, 2)
+        offset = coordinates.to(image.dtype)[None] - where[:, None]                  # (B, N, 2)
+        squared = offset.square().sum(-1, keepdim=True)
+        geometry = torch.cat([offset, (squared + 1e-6).sqrt(), squared], -1)
+        pair = self.act(self.token(image) + self.same(image * anchor[:, None]) + self.geometry(geometry)
+                        + (self.anchor(anchor) + self.asked(asked))[:, None])
+        scores = self.score(self.act(self.hidden(pair))).transpose(1, 2)            # (B, heads, N)
+        valid = image_mask[:, None, :]
+        weights = scores.masked_fill(~valid, fill).softmax(-1)
+        selected = (weights[..., None] * image.view(B, N, h, d).transpose(1, 2)).sum(2).reshape(B, W)
+        counts = (torch.sigmoid(scores) * valid).sum(-1)
+        return [selected, counts]
 
 
 class WordSpotter(nn.Module):

@@ -66,7 +66,8 @@ class QAModel(nn.Module):
                 self.word_spotter = WordSpotter.from_config(cfg)
                 asked_by = ["text"]
             self.answer_head = GuidedAnswerHead(cfg.width, cfg.heads, num_answers, asked_by, cfg.answer_glimpses,
-                                                dropout=cfg.dropout, eps=cfg.layer_norm_eps)
+                                                dropout=cfg.dropout, eps=cfg.layer_norm_eps,
+                                                relations=cfg.answer_relations)
         else:
             self.answer_head = AnswerHead(cfg.width, num_answers, hidden=2 * cfg.width, dropout=cfg.dropout)
         self.answer_head.apply(init_weights)
@@ -81,8 +82,12 @@ class QAModel(nn.Module):
         if self.word_spotter is not None and ckpt.has_weights(path, "word_spotter."):
             ckpt.load_weights(path, self.word_spotter, prefix="word_spotter.")
         if self.guided and ckpt.has_weights(path, "guided_matching_head."):
-            output = self.answer_head.classifier.net[-1]
-            fresh = {name for name, p in self.answer_head.named_parameters() if any(p is q for q in output.parameters())}
+            # Matching has no relational reading, so with one the classifier's input differs too.
+            new = [self.answer_head.classifier.net[-1]]
+            if self.answer_head.relate is not None:
+                new += [self.answer_head.relate, self.answer_head.classifier.net[0]]
+            fresh = {name for name, p in self.answer_head.named_parameters()
+                     if any(p is q for layer in new for q in layer.parameters())}
             missing = ckpt.load_weights(path, self.answer_head, prefix="guided_matching_head.", strict=False,
                                         skip=fresh)
             unexpected = set(missing) - fresh - {n for n in missing if n.startswith("question.")}
@@ -138,13 +143,14 @@ class QAModel(nn.Module):
             question["text"] = question.get("text", 0.0) + spoken
         return question, word_logits
 
-    @staticmethod
-    def _image(fused) -> tuple[torch.Tensor, torch.Tensor]:
-        """The image's embedded tokens and their mask; one masked zero token when no image came."""
+    def _image(self, fused) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The image's embedded tokens, their mask and their (x, y) places; one masked zero
+        token when no image came."""
         if "image" in fused.embedded:
-            return fused.embedded["image"]
+            return *fused.embedded["image"], self.backbone.embedders["image"].token_xy
         cls = fused.cls
-        return cls.new_zeros(cls.size(0), 1, cls.size(1)), cls.new_zeros(cls.size(0), 1, dtype=torch.bool)
+        return (cls.new_zeros(cls.size(0), 1, cls.size(1)), cls.new_zeros(cls.size(0), 1, dtype=torch.bool),
+                cls.new_zeros(1, 2))
 
 
 def qa_dataset(manifest: str | Path, samples: Sequence[dict], cfg: RunConfig, tokenizer: Tokenizer,
