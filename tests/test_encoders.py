@@ -287,6 +287,9 @@ def test_relations_ignore_padding_and_need_coordinates():
     from omniformer.model import GuidedAnswerHead
     torch.manual_seed(0)
     head = GuidedAnswerHead(32, 4, num_answers=5, question_modalities=["text"], relations=True).eval()
+    assert head.relate.gate.item() == 0.0                     # shut at the start: the head begins as without it
+    with torch.no_grad():
+        head.relate.gate.fill_(1.0)
     cls, question = torch.randn(2, 32), {"text": torch.randn(2, 32)}
     image, xy = torch.randn(2, 6, 32), torch.rand(6, 2)
     mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
@@ -296,6 +299,8 @@ def test_relations_ignore_padding_and_need_coordinates():
     assert torch.allclose(head(cls, question, changed, mask, xy), logits, atol=1e-5)
     shorter = head(cls[1:], {"text": question["text"][1:]}, image[1:, :4], mask[1:, :4], xy[:4])
     assert torch.allclose(shorter, logits[1:], atol=1e-5)
+    other_xy = xy.flip(0)
+    assert not torch.allclose(head(cls, question, image, mask, other_xy), logits, atol=1e-4)   # where tokens are matters
     with pytest.raises(ValueError, match="coordinates"):
         head(cls, question, image, mask)
     with pytest.raises(ValueError, match="answer_relations: needs answer_head=guided"):
@@ -330,7 +335,8 @@ def _closest_object_batch(B, g, words, positions, grid=6, objects=6):
 def test_relations_learn_which_object_is_closest_where_glimpses_cannot():
     """Learning, on synthetic tokens: "what shape is the object closest to the <colour> one?"
     mixed with "what shape is the <colour> one?". With the relational reading the closest
-    questions reach 0.93 in 1,000 steps; with one glimpse alone they stay at 0.55 (measured)."""
+    questions reach 0.92 in 2,000 steps (its gate opens from shut: 0.60 at 1,000; ties on the
+    grid, broken by position, cap it near 0.93); with one glimpse alone they stay near 0.55."""
     from omniformer.model import GuidedAnswerHead
     from omniformer.model.layers import sinusoidal_positions_2d
     torch.manual_seed(0)
@@ -344,7 +350,7 @@ def test_relations_learn_which_object_is_closest_where_glimpses_cannot():
         head = GuidedAnswerHead(width, 4, 3, ["text"], relations=relations)
         optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
         g = torch.Generator().manual_seed(2)
-        for _ in range(1000):
+        for _ in range(2000):
             tokens, mask, question, answer, _ = _closest_object_batch(128, g, words, positions)
             logits = head(torch.zeros(128, width), {"text": question}, tokens, mask, xy)
             loss = nn.functional.cross_entropy(logits, answer)

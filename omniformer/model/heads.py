@@ -157,10 +157,9 @@ class AnchorRelation(nn.Module):
     anchor) and the sum of sigmoids counts the tokens that pass (objects of the anchor's
     shape). Why: the glimpses' ``q . k`` cannot rank tokens by their distance to another
     token, and relations were what the full recipe missed (closest 78.9%, furthest 84.3%,
-    count_shape 77.5% on its truncated GPU run). Why a pointer of its own rather than the first
-    glimpse's attention: that attention, averaged over its heads, is a blurred place; on
-    synthetic tokens (tests/test_encoders.py, 800 steps) the closest object was then found
-    0.56 of the time, against 0.90 with its own pointer.
+    count_shape 77.5% on its truncated GPU run). A pointer of its own, rather than the first
+    glimpse's attention averaged over heads, keeps the relation's gradients out of the glimpse
+    that binds colour words to objects; that alternative's figures are in benchmarks/README.md.
     """
 
     GEOMETRY = 4  # dx, dy, distance, squared distance
@@ -178,6 +177,9 @@ class AnchorRelation(nn.Module):
         self.hidden = nn.Linear(width, width)
         self.score = nn.Linear(width, heads)
         self.act = nn.GELU()
+        # Its readings reach the classifier through a gate that starts shut (ReZero-style), so
+        # early fine-tuning, when the glimpse learns to bind colour words, goes as without it.
+        self.gate = nn.Parameter(torch.zeros(()))
 
     def forward(self, asked: Tensor, image: Tensor, image_mask: Tensor, coordinates: Tensor) -> list[Tensor]:
         """asked (B, width); image (B, N, width), image_mask (B, N); coordinates (N, 2), each
@@ -199,7 +201,7 @@ class AnchorRelation(nn.Module):
         weights = scores.masked_fill(~valid, fill).softmax(-1)
         selected = (weights[..., None] * image.view(B, N, h, d).transpose(1, 2)).sum(2).reshape(B, W)
         counts = (torch.sigmoid(scores) * valid).sum(-1)
-        return [selected, counts]
+        return [self.gate * selected, self.gate * counts]
 
 
 class WordSpotter(nn.Module):
