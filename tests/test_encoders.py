@@ -337,7 +337,6 @@ def test_relations_learn_which_object_is_closest_where_glimpses_cannot():
     mixed with "what shape is the <colour> one?". With the relational reading the closest
     questions reach 0.92 in 2,000 steps (its gate opens from shut: 0.60 at 1,000; ties on the
     grid, broken by position, cap it near 0.93); with one glimpse alone they stay near 0.55."""
-    from omniformer.model import GuidedAnswerHead
     from omniformer.model.layers import sinusoidal_positions_2d
     torch.manual_seed(0)
     width, grid = 32, 6
@@ -345,26 +344,36 @@ def test_relations_learn_which_object_is_closest_where_glimpses_cannot():
     positions = sinusoidal_positions_2d(grid, grid, width)
     xy = ImageEmbedder(small_cfg(image=ImageConfig(size=grid * 4, patch_size=4))).token_xy
     accuracy = {}
-    for relations in (True, False):
-        torch.manual_seed(1)
-        head = GuidedAnswerHead(width, 4, 3, ["text"], relations=relations)
-        optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
-        g = torch.Generator().manual_seed(2)
-        for _ in range(2000):
-            tokens, mask, question, answer, _ = _closest_object_batch(128, g, words, positions)
-            logits = head(torch.zeros(128, width), {"text": question}, tokens, mask, xy)
-            loss = nn.functional.cross_entropy(logits, answer)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        tokens, mask, question, answer, relational = _closest_object_batch(
-            2000, torch.Generator().manual_seed(3), words, positions)
-        with torch.no_grad():
-            logits = head(torch.zeros(2000, width), {"text": question}, tokens, mask, xy)
-        right = logits.argmax(-1) == answer
-        accuracy[relations] = (right[relational].float().mean().item(), right[~relational].float().mean().item())
-    assert accuracy[True][0] >= 0.85 and accuracy[True][1] >= 0.95, accuracy
-    assert accuracy[False][0] <= 0.75, accuracy
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)       # one thread's sums, so the trajectory is the one measured
+    try:
+        for relations in (True, False):
+            accuracy[relations] = _train_closest_object_head(relations, width, words, positions, xy)
+    finally:
+        torch.set_num_threads(threads)
+    assert accuracy[True][0] >= 0.8 and accuracy[True][1] >= 0.95, accuracy
+    assert accuracy[False][0] <= 0.7, accuracy
+
+
+def _train_closest_object_head(relations, width, words, positions, xy):
+    """(closest-question accuracy, shape-question accuracy) after 2,000 steps of 128."""
+    from omniformer.model import GuidedAnswerHead
+    torch.manual_seed(1)
+    head = GuidedAnswerHead(width, 4, 3, ["text"], relations=relations)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(2000):
+        tokens, mask, question, answer, _ = _closest_object_batch(128, g, words, positions)
+        loss = nn.functional.cross_entropy(head(torch.zeros(128, width), {"text": question}, tokens, mask, xy),
+                                           answer)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    tokens, mask, question, answer, relational = _closest_object_batch(2000, torch.Generator().manual_seed(3),
+                                                                       words, positions)
+    with torch.no_grad():
+        right = head(torch.zeros(2000, width), {"text": question}, tokens, mask, xy).argmax(-1) == answer
+    return right[relational].float().mean().item(), right[~relational].float().mean().item()
 
 
 def test_guided_answer_head_in_qa_model_any_modalities():
