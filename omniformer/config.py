@@ -309,8 +309,8 @@ class ModelConfig:
     spoken_question: Literal["tower", "words"] = "tower"
     # Looks the guided head takes at the image, each querying with what the last one saw.
     answer_glimpses: int = 1
-    # The guided head also relates every image token to the object its first glimpse found
-    # (an MLP on each pair with their offset and distance, see AnchorRelation): closest,
+    # The guided head also relates every image token to the object the question names (an
+    # MLP on each pair with their offset and distance, see AnchorRelation): closest,
     # furthest, same shape as.
     answer_relations: bool = False
 

@@ -299,6 +299,8 @@ def test_relations_ignore_padding_and_need_coordinates():
     assert torch.allclose(head(cls, question, changed, mask, xy), logits, atol=1e-5)
     shorter = head(cls[1:], {"text": question["text"][1:]}, image[1:, :4], mask[1:, :4], xy[:4])
     assert torch.allclose(shorter, logits[1:], atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):   # bf16 scores, fp32 tokens: as on a GPU
+        assert torch.isfinite(head(cls, question, image, mask, xy)).all()
     other_xy = xy.flip(0)
     assert not torch.allclose(head(cls, question, image, mask, other_xy), logits, atol=1e-4)   # where tokens are matters
     with pytest.raises(ValueError, match="coordinates"):

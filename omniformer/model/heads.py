@@ -13,6 +13,13 @@ from ..objectives import MAX_LOGIT_SCALE
 from .layers import LayerNorm
 
 
+def masked_softmax(scores: Tensor, valid: Tensor) -> Tensor:
+    """Softmax over the last dim where ``valid``. The fill is finite and the scores' own
+    dtype's minimum (under autocast they are bf16 while the tokens are not), so a row with
+    nothing valid spreads evenly over its padding instead of giving NaN."""
+    return scores.masked_fill(~valid, torch.finfo(scores.dtype).min).softmax(-1)
+
+
 class MLMHead(nn.Module):
     """dense -> GELU -> LayerNorm -> decoder tied to the token embedding (+ bias).
 
@@ -130,9 +137,9 @@ class GuidedAnswerHead(nn.Module):
             q = query(context).view(B, h, 1, d)
             k = key(image).view(B, N, h, d).transpose(1, 2)
             scores = (q @ k.transpose(-1, -2)) * d ** -0.5
-            # Finite fill: a sample without image tokens attends evenly over its padding, which
-            # the caller zeroes, so its attended vector is zero rather than NaN.
-            attended = (scores.masked_fill(~valid, torch.finfo(scores.dtype).min).softmax(-1) @ v).reshape(B, W)
+            # A sample without image tokens attends evenly over its padding, which the caller
+            # zeroes, so its attended vector is zero rather than NaN.
+            attended = (masked_softmax(scores, valid) @ v).reshape(B, W)
             counts = (torch.sigmoid(scores) * valid).sum(-1).reshape(B, h)
             readings += [attended, counts]
             if g < len(self.seen):
@@ -186,9 +193,8 @@ class AnchorRelation(nn.Module):
         token's place in the image in [0, 1] -> [the selected tokens (B, width), the counts (B, heads)]."""
         B, N, W = image.shape
         h, d = self.heads, W // self.heads
-        fill = torch.finfo(image.dtype).min
-        pointer = (self.key(image) @ self.find(asked)[:, :, None]).squeeze(-1) * W ** -0.5
-        pointer = pointer.masked_fill(~image_mask, fill).softmax(-1)                # (B, N)
+        pointer = masked_softmax((self.key(image) @ self.find(asked)[:, :, None]).squeeze(-1) * W ** -0.5,
+                                 image_mask)                                          # (B, N)
         anchor = (pointer[:, None] @ image).squeeze(1)                               # (B, W)
         where = pointer @ coordinates.to(pointer.dtype)                              # (B, 2)
         offset = coordinates.to(image.dtype)[None] - where[:, None]                  # (B, N, 2)
@@ -198,7 +204,7 @@ class AnchorRelation(nn.Module):
                         + (self.anchor(anchor) + self.asked(asked))[:, None])
         scores = self.score(self.act(self.hidden(pair))).transpose(1, 2)            # (B, heads, N)
         valid = image_mask[:, None, :]
-        weights = scores.masked_fill(~valid, fill).softmax(-1)
+        weights = masked_softmax(scores, valid)
         selected = (weights[..., None] * image.view(B, N, h, d).transpose(1, 2)).sum(2).reshape(B, W)
         counts = (torch.sigmoid(scores) * valid).sum(-1)
         return [self.gate * selected, self.gate * counts]
