@@ -8,13 +8,17 @@ on the image tokens that hold any pixel of the object named ("the red object"), 
 family's accuracy. Which tokens hold which object comes from re-rendering each object of the
 scene alone from the manifest's metadata, so the figure is exact, not estimated.
 
-Measured 2026-11-30 at the standard setting (``configs/shapes-full.yaml`` at width 96, depth 3,
-3,000 fine-tuning steps from scratch; see benchmarks/README.md), 150 test questions a family:
-the pointer reading the question word by word puts 0.91 of its mass on the named object in
-shape questions and 0.75 / 0.76 / 0.80 in closest / furthest / count_shape ones. Pointers
-queried by the pooled question (earlier designs, measured with a scratch version of this
-probe) found it in shape questions (0.996 for one of the relation's own, 0.98 for the first
-glimpse's attention) but not in relational ones: 0.29-0.52.
+Measured 2026-11-30, 150 test questions a family (shape / closest / furthest / count_shape):
+- the pointer as it is, queried by the pooled question: at the standard setting
+  (``configs/shapes-full.yaml`` at width 96, depth 3, 3,000 fine-tuning steps from scratch;
+  benchmarks/README.md) 0.37 / 0.29 / 0.30 / 0.34 of its mass on the named object; in the
+  quickstart (seed 0) 0.31 / 0.31 / 0.28 / 0.24. Most of the place the relation measures
+  distances from is not the named object's.
+- the same with its anchor also a reading of the classifier: 0.996 in shape questions, but
+  0.44 / 0.43 / 0.30 in the relational ones, whose pooled words differ.
+- a pointer reading the question word by word (a softmax over (word, token) pairs; tried,
+  not kept): 0.91 / 0.75 / 0.76 / 0.80 at seed 0; at seed 1 "to", a word only closest
+  questions have, took the pointer (0.33 / 0.31 in closest / furthest questions).
 """
 from __future__ import annotations
 
@@ -67,9 +71,10 @@ def probe(qa: QAPredictor, data_dir: Path, split: str, per_family: int, batch_si
         items = [qa.prepare(data_dir / s["image"], question=s["question"]) for s in part]
         batch = collate([{**it, "index": i} for i, it in enumerate(items)])
         fused = model.backbone(batch)
-        _, _, words = model._question(fused, batch)
+        question, _ = model._question(fused, batch)
         image, mask, _ = model._image(fused)
-        pointer = model.answer_head.relate.point(words, image, mask)[:, extra:]
+        asked = model.answer_head.ask(fused.cls, question)
+        pointer = model.answer_head.relate.point(asked, image, mask)[:, extra:]
         answers = model(batch)["logits"].argmax(-1).tolist()
         for s, p, a in zip(part, pointer, answers):
             objects = s["meta"]["objects"]

@@ -309,9 +309,9 @@ class ModelConfig:
     spoken_question: Literal["tower", "words"] = "tower"
     # Looks the guided head takes at the image, each querying with what the last one saw.
     answer_glimpses: int = 1
-    # The guided head also relates every image token to the object the question names (a
-    # pointer that reads the question word by word finds it; an MLP scores each pair from
-    # their vectors, offset and distance; see AnchorRelation): closest, furthest, same shape as.
+    # The guided head also relates every image token to the object the question names (an
+    # MLP on each pair with their offset and distance, see AnchorRelation): closest,
+    # furthest, same shape as.
     answer_relations: bool = False
 
     def validate(self) -> None:

@@ -6,7 +6,7 @@ from torch import nn
 
 from omniformer.config import AudioConfig, ImageConfig, ModelConfig, TextConfig
 from omniformer.model import (AnswerHead, AudioEmbedder, ContrastiveHead, ImageEmbedder, MaskedPatchHead, MatchingHead,
-                              MLMHead, Omniformer, QuestionWords, TextEmbedder)
+                              MLMHead, Omniformer, TextEmbedder)
 from omniformer.objectives import SAID_WEIGHT
 
 
@@ -291,41 +291,32 @@ def test_relations_ignore_padding_and_need_coordinates():
     with torch.no_grad():
         head.relate.gate.fill_(1.0)
     cls, question = torch.randn(2, 32), {"text": torch.randn(2, 32)}
-    words = QuestionWords.written(torch.randn(2, 3, 32), torch.tensor([[True] * 3, [True, True, False]]))
     image, xy = torch.randn(2, 6, 32), torch.rand(6, 2)
     mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
-    logits = head(cls, question, image, mask, xy, words)
+    logits = head(cls, question, image, mask, xy)
     changed = image.clone()
     changed[1, 4:] = 100.0                                    # what padding holds must not matter
-    assert torch.allclose(head(cls, question, changed, mask, xy, words), logits, atol=1e-5)
-    padded_word = QuestionWords(words.vectors.clone(), words.valid, words.log_weight)
-    padded_word.vectors[1, 2] = 100.0                         # nor what a padded word holds
-    assert torch.allclose(head(cls, question, image, mask, xy, padded_word), logits, atol=1e-5)
-    shorter = head(cls[1:], {"text": question["text"][1:]}, image[1:, :4], mask[1:, :4], xy[:4],
-                   QuestionWords(*(field[1:, :2] for field in words)))
+    assert torch.allclose(head(cls, question, changed, mask, xy), logits, atol=1e-5)
+    shorter = head(cls[1:], {"text": question["text"][1:]}, image[1:, :4], mask[1:, :4], xy[:4])
     assert torch.allclose(shorter, logits[1:], atol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):   # bf16 scores, fp32 tokens: as on a GPU
-        assert torch.isfinite(head(cls, question, image, mask, xy, words)).all()
+        assert torch.isfinite(head(cls, question, image, mask, xy)).all()
     other_xy = xy.flip(0)
-    assert not torch.allclose(head(cls, question, image, mask, other_xy, words), logits, atol=1e-4)   # where tokens are matters
-    unsure = QuestionWords(words.vectors, words.valid, torch.tensor([[0.0, -3.0, -3.0], [0.0, 0.0, 0.0]]))
-    assert not torch.allclose(head(cls, question, image, mask, xy, unsure), logits, atol=1e-4)   # so does how surely words were heard
-    pointer = head.relate.point(words, image, mask)
+    assert not torch.allclose(head(cls, question, image, mask, other_xy), logits, atol=1e-4)   # where tokens are matters
+    pointer = head.relate.point(head.ask(cls, question), image, mask)
     assert torch.allclose(pointer.sum(-1), torch.ones(2)) and pointer[1, 4:].max() < 1e-6
     with pytest.raises(ValueError, match="coordinates"):
-        head(cls, question, image, mask, words=words)
-    with pytest.raises(ValueError, match="words"):
-        head(cls, question, image, mask, xy)
+        head(cls, question, image, mask)
     with pytest.raises(ValueError, match="answer_relations: needs answer_head=guided"):
         small_cfg(answer_relations=True).validate()
 
 
 def _closest_object_batch(B, g, words, positions, grid=6, objects=6):
     """Tokens on a grid (colour + shape + position embeddings, empty cells masked), a question
-    (the anchor's colour, plus a word for "closest" in half the rows: pooled, and as a set of
-    words), the answer: the shape of the object closest to the anchor, or the anchor's own
-    shape where it was not asked (those questions teach the pointer to find the colour named,
-    as ShapesWorld's shape questions do), which rows are relational, and the anchor's cell."""
+    (the anchor's colour, plus a word for "closest" in half the rows), and the answer: the
+    shape of the object closest to the anchor, or the anchor's own shape where it was not
+    asked (those questions teach the first look to find the colour named, as ShapesWorld's
+    shape questions do)."""
     colours, shapes, closest = words["colour"], words["shape"], words["closest"]
     rows = torch.arange(B)
     colour = torch.stack([torch.randperm(len(colours), generator=g)[:objects] for _ in range(B)])
@@ -341,18 +332,15 @@ def _closest_object_batch(B, g, words, positions, grid=6, objects=6):
     distance[rows, anchor] = math.inf
     relational = rows % 2 == 0
     question = colours[colour[rows, anchor]] + relational[:, None] * closest
-    said = QuestionWords.written(torch.stack([colours[colour[rows, anchor]], closest.expand(B, -1)], 1),
-                                 torch.stack([torch.ones_like(relational), relational], 1))
     answer = torch.where(relational, shape[rows, distance.argmin(1)], shape[rows, anchor])
-    return tokens, mask, (question, said), answer, relational, cell[rows, anchor]
+    return tokens, mask, question, answer, relational
 
 
 def test_relations_learn_which_object_is_closest_where_glimpses_cannot():
     """Learning, on synthetic tokens: "what shape is the object closest to the <colour> one?"
     mixed with "what shape is the <colour> one?". With the relational reading the closest
-    questions reach 0.93 in 2,000 steps (ties on the grid, broken by position, cap them near
-    there), its pointer on the object named in them too (0.998 of its mass; "closest" is a
-    second word there); with one glimpse alone they stay near 0.54."""
+    questions reach 0.92 in 2,000 steps (its gate opens from shut: 0.60 at 1,000; ties on the
+    grid, broken by position, cap it near 0.93); with one glimpse alone they stay near 0.55."""
     from omniformer.model.layers import sinusoidal_positions_2d
     torch.manual_seed(0)
     width, grid = 32, 6
@@ -367,32 +355,29 @@ def test_relations_learn_which_object_is_closest_where_glimpses_cannot():
             accuracy[relations] = _train_closest_object_head(relations, width, words, positions, xy)
     finally:
         torch.set_num_threads(threads)
-    assert accuracy[True][0] >= 0.8 and accuracy[True][1] >= 0.95 and accuracy[True][2] >= 0.9, accuracy
+    assert accuracy[True][0] >= 0.8 and accuracy[True][1] >= 0.95, accuracy
     assert accuracy[False][0] <= 0.7, accuracy
 
 
 def _train_closest_object_head(relations, width, words, positions, xy):
-    """(closest-question accuracy, shape-question accuracy, the pointer's mass on the object
-    named in closest questions) after 2,000 steps of 128."""
+    """(closest-question accuracy, shape-question accuracy) after 2,000 steps of 128."""
     from omniformer.model import GuidedAnswerHead
     torch.manual_seed(1)
     head = GuidedAnswerHead(width, 4, 3, ["text"], relations=relations)
     optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(2)
     for _ in range(2000):
-        tokens, mask, (pooled, said), answer, *_ = _closest_object_batch(128, g, words, positions)
-        logits = head(torch.zeros(128, width), {"text": pooled}, tokens, mask, xy, said)
-        loss = nn.functional.cross_entropy(logits, answer)
+        tokens, mask, question, answer, _ = _closest_object_batch(128, g, words, positions)
+        loss = nn.functional.cross_entropy(head(torch.zeros(128, width), {"text": question}, tokens, mask, xy),
+                                           answer)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    tokens, mask, (pooled, said), answer, relational, anchor = _closest_object_batch(
-        2000, torch.Generator().manual_seed(3), words, positions)
+    tokens, mask, question, answer, relational = _closest_object_batch(2000, torch.Generator().manual_seed(3),
+                                                                       words, positions)
     with torch.no_grad():
-        right = head(torch.zeros(2000, width), {"text": pooled}, tokens, mask, xy, said).argmax(-1) == answer
-        pointed = None if head.relate is None else head.relate.point(said, tokens, mask)[torch.arange(2000), anchor]
-    return (right[relational].float().mean().item(), right[~relational].float().mean().item(),
-            None if pointed is None else pointed[relational].mean().item())
+        right = head(torch.zeros(2000, width), {"text": question}, tokens, mask, xy).argmax(-1) == answer
+    return right[relational].float().mean().item(), right[~relational].float().mean().item()
 
 
 def test_guided_answer_head_in_qa_model_any_modalities():
@@ -420,7 +405,7 @@ def test_spoken_question_heard_as_words_through_the_text_projection():
     batch["transcript_mask"][3] = False
     batch["answer"] = torch.tensor([1, 2, 3, 4])
     fused = model.backbone({k: v for k, v in batch.items() if not k.startswith("audio")})
-    question, word_logits, _ = model._question(fused, batch)
+    question, word_logits = model._question(fused, batch)
     assert set(question) == {"text"} and set(model.answer_head.question) == {"text"}   # one projection for both
     read = Omniformer.pool(*fused.embedded["text"])[1]        # text: its embedded tokens, mean-pooled
     assert torch.allclose(question["text"][1], read, atol=1e-5)
@@ -460,19 +445,10 @@ def test_question_in_text_and_speech_reads_the_text_and_trains_the_spotter():
     batch["transcript_mask"] = batch["text_mask"].clone()
     batch["transcript_mask"][2] = True                     # row 2 was asked by voice alone
     fused = model.backbone({k: v for k, v in batch.items() if not k.startswith("audio")})
-    question, word_logits, words = model._question(fused, batch)
+    question, word_logits = model._question(fused, batch)
     written = Omniformer.pool(*fused.embedded["text"])
     assert torch.allclose(question["text"][:2], written[:2], atol=1e-6)    # rows 0-1 read their text only
     assert not torch.allclose(question["text"][2], written[2], atol=1e-3)  # row 2 reads what it heard
-    # As a set of words (the relation's pointer): rows 0-1 their written tokens, row 2 every
-    # vocabulary word weighed by how surely it was heard.
-    L, vocab = batch["text"].size(1), model.backbone.embedders["text"].word_vectors()
-    assert words.vectors.shape == (4, L + vocab.size(0), 32)
-    assert torch.equal(words.valid[:, :L], batch["text_mask"].bool())
-    assert words.valid[2:, L:].all() and not words.valid[:2, L:].any()
-    heard = torch.sigmoid(word_logits[2] - math.log(SAID_WEIGHT))
-    assert torch.allclose(words.log_weight[2, L:], heard.clamp(min=1e-6).log(), atol=1e-5)
-    assert torch.allclose(words.vectors[2, L:], vocab, atol=1e-6) and not words.log_weight[:, :L].any()
     expected = word_presence_loss(word_logits, batch["transcript"], batch["transcript_mask"],
                                   torch.tensor([True, False, True, False]))
     assert torch.allclose(model(batch)["spoken_words_loss"], expected, atol=1e-6)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,24 +18,6 @@ def masked_softmax(scores: Tensor, valid: Tensor) -> Tensor:
     dtype's minimum (under autocast they are bf16 while the tokens are not), so a row with
     nothing valid spreads evenly over its padding instead of giving NaN."""
     return scores.masked_fill(~valid, torch.finfo(scores.dtype).min).softmax(-1)
-
-
-class QuestionWords(NamedTuple):
-    """A question as a set of words: vectors (B, L, width), valid (B, L), and each word's log
-    weight (B, L): 0 for a word written; for a word heard, the log of how surely it was said."""
-
-    vectors: Tensor
-    valid: Tensor
-    log_weight: Tensor
-
-    @classmethod
-    def written(cls, vectors: Tensor, valid: Tensor) -> "QuestionWords":
-        return cls(vectors, valid.bool(), vectors.new_zeros(valid.shape))
-
-    @classmethod
-    def cat(cls, parts: Sequence["QuestionWords"]) -> "QuestionWords":
-        """Several sets per row (its text, what was heard) as one."""
-        return cls(*(torch.cat(field, 1) for field in zip(*parts)))
 
 
 class MLMHead(nn.Module):
@@ -115,8 +97,8 @@ class GuidedAnswerHead(nn.Module):
     softmax normalises away). Glimpse g+1 queries with the question plus what glimpse g saw,
     a second hop for "the object closest to the red one". With ``relations``, an
     ``AnchorRelation`` also relates every image token to the object the question names
-    (closest, furthest, same shape); it reads the question's words one by one, not pooled.
-    The classifier reads [CLS], the question and every glimpse's readings (and the relation's). ``QAModel`` gives it the question's embedded
+    (closest, furthest, same shape). The classifier reads [CLS], the question and every
+    glimpse's readings (and the relation's). ``QAModel`` gives it the question's embedded
     tokens, before any Transformer layer, and speech as its tower's output or the words heard.
     Why: "what shape is the red object?" needs the word "red" to pick one image token. Through
     the fusion stack that pick is a two-hop circuit ([CLS] -> word -> object) that stayed at
@@ -137,17 +119,21 @@ class GuidedAnswerHead(nn.Module):
         self.key = nn.ModuleList(nn.Linear(width, width) for _ in range(glimpses))
         self.seen = nn.ModuleList(nn.Linear(width, width) for _ in range(glimpses - 1))
         self.relate = AnchorRelation(width, heads) if relations else None
-        readings = (2 + glimpses) * width + glimpses * heads + (0 if self.relate is None else 2 * width + heads)
+        readings = (2 + glimpses) * width + glimpses * heads + (0 if self.relate is None else width + heads)
         self.classifier = AnswerHead(readings, num_answers, hidden=2 * width, dropout=dropout, eps=eps)
 
+    def ask(self, cls: Tensor, question: dict[str, Tensor]) -> Tensor:
+        """The question vectors, each through its projection, summed: (B, width)."""
+        return sum((self.question[m](x) for m, x in question.items()), cls.new_zeros(cls.shape))
+
     def forward(self, cls: Tensor, question: dict[str, Tensor], image: Tensor, image_mask: Tensor,
-                coordinates: Tensor | None = None, words: QuestionWords | None = None) -> Tensor:
+                coordinates: Tensor | None = None) -> Tensor:
         """cls (B, width); question {modality: question vector (B, width), zeros where the
-        sample lacks it}; image (B, N, width) with image_mask (B, N); with ``relations``, the
-        image tokens' coordinates (N, 2) and the question's ``words`` -> logits (B, answers)."""
+        sample lacks it}; image (B, N, width) with image_mask (B, N); coordinates (N, 2) of
+        the image tokens, needed with ``relations`` -> logits (B, answers)."""
         B, N, W = image.shape
         h, d = self.heads, W // self.heads
-        asked = sum((self.question[m](x) for m, x in question.items()), cls.new_zeros(B, W))
+        asked = self.ask(cls, question)
         v = image.view(B, N, h, d).transpose(1, 2)
         valid = image_mask[:, None, None, :]
         readings, context = [], asked
@@ -163,9 +149,9 @@ class GuidedAnswerHead(nn.Module):
             if g < len(self.seen):
                 context = asked + self.seen[g](attended)
         if self.relate is not None:
-            if coordinates is None or words is None:
-                raise ValueError("the guided head's relations need the image tokens' coordinates and the question's words")
-            readings += self.relate(asked, words, image, image_mask, coordinates)
+            if coordinates is None:
+                raise ValueError("the guided head's relations need the image tokens' coordinates")
+            readings += self.relate(asked, image, image_mask, coordinates)
         return self.classifier(torch.cat([cls, asked, *readings], dim=-1))
 
 
@@ -173,23 +159,22 @@ class AnchorRelation(nn.Module):
     """Every image token related to the object the question names: a Relation Network
     (Santoro et al. 2017) with one side of each pair fixed to that anchor, so N pairs, not N^2.
 
-    A pointer finds the anchor: a softmax over every (question word, image token) pair, summed
-    over the words, so the word that best matches some token (the colour named) does the
-    pointing, whatever other words the question has. It reads the words detached, through
-    one map shared by all of them: a word like "closest" cannot be moved to point elsewhere.
-    Why per word: a pointer queried by the pooled question, whether of its own or the first
-    glimpse's, learnt to point at the named object in "what shape is the red object?" but
-    spread in the relational questions, whose pooled words differ (its mass on the named
-    object 0.3-0.5 there, 0.75-0.80 per word; benchmarks/README.md). The pointed vector is a
-    reading of its own, so the shape questions teach the pointer from the first steps.
-
-    g(token, anchor, question, geometry) is an MLP on the token, the anchor, their elementwise
-    product (same shape?), the question, and the offset and distance between the two (closest?
-    furthest?), from the tokens' coordinates; its first layer is a sum of projections, a
-    linear layer on their concatenation. Per head, g scores every token: a softmax reads the
-    token selected (the object closest to the anchor) and the sum of sigmoids counts the
-    tokens that pass (objects of the anchor's shape). Why: the glimpses' ``q . k`` cannot rank
-    tokens by their distance to another token.
+    The question points at its anchor with a softmax over the tokens of its own, which gives
+    the anchor's vector and, from the tokens' coordinates, its place. g(token, anchor,
+    question, geometry) is an MLP on the token, the anchor, their elementwise product (same
+    shape?), the question, and the offset and distance between the two (closest? furthest?);
+    its first layer is a sum of projections, a linear layer on their concatenation. Per head,
+    g scores every token: a softmax reads the token selected (the object closest to the
+    anchor) and the sum of sigmoids counts the tokens that pass (objects of the anchor's
+    shape). Why: the glimpses' ``q . k`` cannot rank tokens by their distance to another
+    token, and relations were what the full recipe missed (closest 78.9%, furthest 84.3%,
+    count_shape 77.5% on its truncated GPU run). A pointer of its own, rather than the first
+    glimpse's attention averaged over heads, keeps the relation's gradients out of the glimpse
+    that binds colour words to objects; that alternative's figures are in benchmarks/README.md.
+    Not settled: queried by the pooled question, the pointer finds the named object in shape
+    questions but mostly not in relational ones, whose pooled words differ (0.3 of its mass
+    on it at the standard setting; benchmarks/relation_pointer_probe.py). A pointer that reads
+    the question word by word did better at one seed and drifted at another (README there).
     """
 
     GEOMETRY = 4  # dx, dy, distance, squared distance
@@ -207,27 +192,21 @@ class AnchorRelation(nn.Module):
         self.hidden = nn.Linear(width, width)
         self.score = nn.Linear(width, heads)
         self.act = nn.GELU()
-        # The relation's readings reach the classifier through a gate that starts shut
-        # (ReZero-style), so early fine-tuning, when the glimpse learns to bind colour words,
-        # goes as without it.
+        # Its readings reach the classifier through a gate that starts shut (ReZero-style), so
+        # early fine-tuning, when the glimpse learns to bind colour words, goes as without it.
         self.gate = nn.Parameter(torch.zeros(()))
 
-    def point(self, words: QuestionWords, image: Tensor, image_mask: Tensor) -> Tensor:
+    def point(self, asked: Tensor, image: Tensor, image_mask: Tensor) -> Tensor:
         """(B, N): where the object the question names is, a distribution over the image tokens."""
-        B, N, W = image.shape
-        scores = (self.find(words.vectors.detach()) @ self.key(image).transpose(1, 2)) * W ** -0.5
-        scores = scores + words.log_weight[:, :, None].to(scores.dtype)               # (B, L, N)
-        valid = words.valid[:, :, None] & image_mask[:, None, :]
-        return masked_softmax(scores.flatten(1), valid.flatten(1)).view(B, -1, N).sum(1)
+        return masked_softmax((self.key(image) @ self.find(asked)[:, :, None]).squeeze(-1) * image.size(-1) ** -0.5,
+                              image_mask)
 
-    def forward(self, asked: Tensor, words: QuestionWords, image: Tensor, image_mask: Tensor,
-                coordinates: Tensor) -> list[Tensor]:
-        """asked (B, width), the pooled question; words, the same as a set; image (B, N, width),
-        image_mask (B, N); coordinates (N, 2), each token's place in the image in [0, 1] ->
-        [the anchor (B, width), the tokens selected (B, width), the counts (B, heads)]."""
+    def forward(self, asked: Tensor, image: Tensor, image_mask: Tensor, coordinates: Tensor) -> list[Tensor]:
+        """asked (B, width); image (B, N, width), image_mask (B, N); coordinates (N, 2), each
+        token's place in the image in [0, 1] -> [the selected tokens (B, width), the counts (B, heads)]."""
         B, N, W = image.shape
         h, d = self.heads, W // self.heads
-        pointer = self.point(words, image, image_mask)                               # (B, N)
+        pointer = self.point(asked, image, image_mask)                               # (B, N)
         anchor = (pointer[:, None] @ image).squeeze(1)                               # (B, W)
         where = pointer @ coordinates.to(pointer.dtype)                              # (B, 2)
         offset = coordinates.to(image.dtype)[None] - where[:, None]                  # (B, N, 2)
@@ -240,7 +219,7 @@ class AnchorRelation(nn.Module):
         weights = masked_softmax(scores, valid)
         selected = (weights[..., None] * image.view(B, N, h, d).transpose(1, 2)).sum(2).reshape(B, W)
         counts = (torch.sigmoid(scores) * valid).sum(-1)
-        return [anchor, self.gate * selected, self.gate * counts]
+        return [self.gate * selected, self.gate * counts]
 
 
 class WordSpotter(nn.Module):

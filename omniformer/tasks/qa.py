@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from ..config import ModelConfig, RunConfig, from_dict
 from ..data.batching import IGNORE, MultimodalDataset, collate
 from ..data.text import Tokenizer
-from ..model import AnswerHead, GuidedAnswerHead, Omniformer, QuestionWords, WordSpotter, init_weights
+from ..model import AnswerHead, GuidedAnswerHead, Omniformer, WordSpotter, init_weights
 from ..objectives import SAID_WEIGHT, word_presence_loss
 from ..train import checkpoint as ckpt
 from .common import audio_preprocessor, image_preprocessor
@@ -104,8 +104,8 @@ class QAModel(nn.Module):
         fused = self.backbone(seen)
         out: dict[str, torch.Tensor] = {}
         if self.guided:
-            question, word_logits, words = self._question(fused, batch)
-            logits = self.answer_head(fused.cls, question, *self._image(fused), words=words)
+            question, word_logits = self._question(fused, batch)
+            logits = self.answer_head(fused.cls, question, *self._image(fused))
             if self.spoken_words and word_logits is not None and "transcript" in batch:
                 rows = batch["transcript_mask"].any(1) & batch["audio_mask"].any(1)
                 out["spoken_words_loss"] = word_presence_loss(word_logits, batch["transcript"],
@@ -121,19 +121,14 @@ class QAModel(nn.Module):
             out["accuracy"] = (logits.argmax(-1)[valid] == answers[valid]).float().mean()
         return out
 
-    def _question(self, fused, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, QuestionWords]:
-        """The question vectors the guided head reads (zeros in rows without that modality),
-        the spotter's word logits (B, vocab) when speech is heard as words, and the question
-        as a set of words for the relation's pointer: the text's embedded tokens; speech heard
-        as words, as every vocabulary word weighed by how surely it was said; speech through
-        its tower, as its pooled vector."""
-        question, word_logits, words = {}, None, []
+    def _question(self, fused, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """The question vectors the guided head reads (zeros in rows without that modality), and
+        the spotter's word logits (B, vocab) when speech is heard as words."""
+        question, word_logits = {}, None
         if "text" in fused.embedded:
             question["text"] = Omniformer.pool(*fused.embedded["text"])
-            words.append(QuestionWords.written(*fused.embedded["text"]))
         if "audio" in fused.unimodal and self.word_spotter is None:
             question["audio"] = Omniformer.pool(*fused.unimodal["audio"])
-            words.append(QuestionWords.written(question["audio"][:, None], fused.unimodal["audio"][1].any(1, keepdim=True)))
         elif "audio" in batch:
             word_logits = self.word_spotter.hear(batch)
             # Only transcripts train the spotter: the answer loss, let through, kept it from
@@ -141,16 +136,12 @@ class QAModel(nn.Module):
             # Calibrated: the spotter's loss weighs words said SAID_WEIGHT times, which lifts its
             # logits by log(SAID_WEIGHT).
             heard = torch.sigmoid(word_logits - math.log(SAID_WEIGHT)).detach()
-            vocabulary = self.backbone.embedders["text"].word_vectors()      # (vocab, width)
-            spoken = (heard @ vocabulary) / heard.sum(-1, keepdim=True).clamp(min=1.0)
-            written = torch.zeros_like(heard[:, :1], dtype=torch.bool)
+            words = self.backbone.embedders["text"].word_vectors()           # (vocab, width)
+            spoken = (heard @ words) / heard.sum(-1, keepdim=True).clamp(min=1.0)
             if "text" in question:  # a row asked in text too reads its words as written
-                written = batch["text_mask"].bool().any(1, keepdim=True)
-                spoken = spoken.masked_fill(written, 0.0)
+                spoken = spoken.masked_fill(batch["text_mask"].bool().any(1, keepdim=True), 0.0)
             question["text"] = question.get("text", 0.0) + spoken
-            words.append(QuestionWords(vocabulary.expand(heard.size(0), -1, -1), (~written).expand_as(heard),
-                                       heard.clamp(min=1e-6).log()))
-        return question, word_logits, QuestionWords.cat(words) if words else None
+        return question, word_logits
 
     def _image(self, fused) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The image's embedded tokens, their mask and their (x, y) places; one masked zero
