@@ -37,21 +37,18 @@ from omniformer.tasks.qa import QAPredictor
 from common import write_json
 
 
-def object_tokens(objects: list[dict], size: int, patch: int) -> list[np.ndarray]:
-    """For each object, (grid*grid,) True on the patches that hold any of its pixels."""
+def object_tokens(o: dict, size: int, patch: int) -> np.ndarray:
+    """(grid*grid,) True on the patches that hold any pixel of object ``o`` (manifest metadata)."""
     grid = size // patch
-    out = []
-    for o in objects:
-        alone = Obj(o["colour"], o["shape"], int(round(o["x"] - o["size"] / 2)), int(round(o["y"] - o["size"] / 2)), o["size"])
-        drawn = (np.asarray(render([alone], size)) != 255).any(-1)                 # (size, size)
-        out.append(drawn.reshape(grid, patch, grid, patch).any((1, 3)).reshape(-1))
-    return out
+    alone = Obj(o["colour"], o["shape"], int(round(o["x"] - o["size"] / 2)), int(round(o["y"] - o["size"] / 2)), o["size"])
+    drawn = (np.asarray(render([alone], size)) != 255).any(-1)                     # (size, size)
+    return drawn.reshape(grid, patch, grid, patch).any((1, 3)).reshape(-1)
 
 
 @torch.no_grad()
 def probe(qa: QAPredictor, data_dir: Path, split: str, per_family: int, batch_size: int = 64) -> dict:
     model, image_cfg = qa.model, qa.cfg.model.image
-    if model.answer_head.__class__.__name__ != "GuidedAnswerHead" or model.answer_head.relate is None:
+    if getattr(model.answer_head, "relate", None) is None:
         raise SystemExit("this checkpoint has no anchor relation (model.answer_relations)")
     chosen, count = [], defaultdict(int)
     for line in (data_dir / "manifest.jsonl").open():
@@ -72,14 +69,14 @@ def probe(qa: QAPredictor, data_dir: Path, split: str, per_family: int, batch_si
         batch = collate([{**it, "index": i} for i, it in enumerate(items)])
         fused = model.backbone(batch)
         question, _ = model._question(fused, batch)
-        image, mask, _ = model._image(fused)
+        image, mask, xy = model._image(fused)
         asked = model.answer_head.ask(fused.cls, question)
         pointer = model.answer_head.relate.point(asked, image, mask)[:, extra:]
-        answers = model(batch)["logits"].argmax(-1).tolist()
+        # Text questions only, so the head on this backbone pass is the whole model's answer.
+        answers = model.answer_head(fused.cls, question, image, mask, xy).argmax(-1).tolist()
         for s, p, a in zip(part, pointer, answers):
-            objects = s["meta"]["objects"]
-            named = [o["colour"] for o in objects].index(s["meta"]["colour"])
-            held = torch.from_numpy(object_tokens(objects, image_cfg.size, image_cfg.patch_size)[named])
+            named = next(o for o in s["meta"]["objects"] if o["colour"] == s["meta"]["colour"])
+            held = torch.from_numpy(object_tokens(named, image_cfg.size, image_cfg.patch_size))
             mass[s["meta"]["family"]].append(float(p[held].sum()))
             right[s["meta"]["family"]].append(qa.answers[a] == s["answer"])
     return {family: {"questions": len(mass[family]), "pointer_on_named": float(np.mean(mass[family])),
