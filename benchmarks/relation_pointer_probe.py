@@ -68,12 +68,12 @@ def probe(qa: QAPredictor, data_dir: Path, split: str, per_family: int, batch_si
         items = [qa.prepare(data_dir / s["image"], question=s["question"]) for s in part]
         batch = collate([{**it, "index": i} for i, it in enumerate(items)])
         fused = model.backbone(batch)
-        question, _ = model._question(fused, batch)
+        question, _, words = model._question(fused, batch)
         image, mask, xy = model._image(fused)
         asked = model.answer_head.ask(fused.cls, question)
-        pointer = model.answer_head.relate.point(asked, image, mask)[:, extra:]
+        pointer = model.answer_head.relate.point(asked, image, mask, words)[:, extra:]
         # Text questions only, so the head on this backbone pass is the whole model's answer.
-        answers = model.answer_head(fused.cls, question, image, mask, xy).argmax(-1).tolist()
+        answers = model.answer_head(fused.cls, question, image, mask, xy, words=words).argmax(-1).tolist()
         for s, p, a in zip(part, pointer, answers):
             named = next(o for o in s["meta"]["objects"] if o["colour"] == s["meta"]["colour"])
             held = torch.from_numpy(object_tokens(named, image_cfg.size, image_cfg.patch_size))

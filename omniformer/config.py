@@ -470,12 +470,19 @@ class RunConfig:
     # spotter alone (the head reads their text): it then learns from more than the spoken share.
     # With a fine-tuning curriculum, of the curriculum's families only (see question_modes).
     spotter_overhears: float = 0.0
+    # Weight of the grounding loss that teaches the anchor relation's pointer where the object
+    # a question names is (model.answer_relations; objectives.grounding_loss).
+    grounding: float = 0.0
 
     def validate(self) -> None:
         _check(0 < self.label_fraction <= 1, f"label_fraction: must be in (0, 1], got {self.label_fraction}")
         _check(0 <= self.spoken_fraction <= 1, f"spoken_fraction: must be in [0, 1], got {self.spoken_fraction}")
         _check(self.spoken_words >= 0, f"spoken_words: must be >= 0, got {self.spoken_words}")
         _check(0 <= self.spotter_overhears <= 1, f"spotter_overhears: must be in [0, 1], got {self.spotter_overhears}")
+        _check(self.grounding >= 0, f"grounding: must be >= 0, got {self.grounding}")
+        _check(not self.grounding or (self.model.answer_head == "guided" and self.model.answer_relations),
+               f"grounding: {self.grounding} trains the anchor relation's pointer: it needs "
+               "model.answer_head=guided and model.answer_relations=true")
         hears_words = self.model.answer_head == "guided" and self.model.spoken_question == "words"
         _check(not self.spoken_words or hears_words,
                f"spoken_words: {self.spoken_words} needs model.answer_head=guided and model.spoken_question=words")

@@ -128,3 +128,14 @@ def word_presence_loss(word_logits: Tensor, transcript: Tensor, transcript_mask:
                                                  pos_weight=word_logits.new_tensor(said_weight).float()).mean(-1)
     # where, not a product: a row without frames scores the dtype's minimum, and its loss overflows
     return torch.where(rows, per_row, 0.0).sum() / rows.sum().clamp(min=1)
+
+
+def grounding_loss(match: Tensor, rows: Tensor) -> Tensor:
+    """Each question picks its own image out of the batch: cross-entropy over ``match``
+    (B questions, B images; row i's own image is column i), averaged over ``rows`` (B,) bool.
+
+    The one image has no rival, so a batch of one gives zero. Two questions about one image
+    in a batch count each other's image as a wrong answer; with thousands of images that is
+    rare, and it only weakens the loss."""
+    per_row = F.cross_entropy(match.float(), torch.arange(match.size(0), device=match.device), reduction="none")
+    return torch.where(rows, per_row, 0.0).sum() / rows.sum().clamp(min=1)

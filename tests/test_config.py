@@ -68,6 +68,15 @@ def test_curriculum_settings_are_checked():
         load_config(None, ["--finetune.bucket=family"])
 
 
+def test_grounding_is_checked():
+    with pytest.raises(ConfigError, match="grounding: must be >= 0"):
+        load_config(None, ["--grounding=-0.1"])
+    with pytest.raises(ConfigError, match="needs model.answer_head=guided and model.answer_relations=true"):
+        load_config(None, ["--grounding=0.2", "--model.answer_head=guided"])
+    cfg = load_config(None, ["--grounding=0.2", "--model.answer_head=guided", "--model.answer_relations=true"])
+    assert cfg.grounding == 0.2
+
+
 def test_spoken_words_is_checked():
     with pytest.raises(ConfigError, match="spoken_words: must be >= 0"):
         load_config(None, ["--spoken_words=-1"])

@@ -380,6 +380,80 @@ def _train_closest_object_head(relations, width, words, positions, xy):
     return right[relational].float().mean().item(), right[~relational].float().mean().item()
 
 
+def test_grounding_loss_teaches_the_pointer_where_the_named_object_is():
+    """Learning, on synthetic tokens: the pointer, read by the question's bag of words, learns
+    from ``grounding_loss`` alone (no answers) to put its mass on the object the question
+    names, though half the questions also say a relational word that names nothing seen."""
+    from omniformer.model import AnchorRelation, BagOfWords
+    from omniformer.model.layers import sinusoidal_positions_2d
+    from omniformer.objectives import grounding_loss
+    torch.manual_seed(0)
+    width, grid, objects, colours = 32, 6, 4, 6
+    vectors = torch.randn(colours + 3 + 2, width)          # colours, shapes, "closest", "what"
+    positions = sinusoidal_positions_2d(grid, grid, width)
+
+    def batch(B, g):
+        colour = torch.stack([torch.randperm(colours, generator=g)[:objects] for _ in range(B)])
+        shape = torch.randint(3, (B, objects), generator=g)
+        cell = torch.stack([torch.randperm(grid * grid, generator=g)[:objects] for _ in range(B)])
+        tokens = torch.zeros(B, grid * grid, width).scatter(
+            1, cell[..., None].expand(-1, -1, width), vectors[colour] + vectors[colours + shape])
+        mask = torch.zeros(B, grid * grid, dtype=torch.bool).scatter(1, cell, True)
+        named = torch.randint(objects, (B,), generator=g)
+        said = torch.zeros(B, len(vectors))
+        said[torch.arange(B), colour[torch.arange(B), named]] = 1.0
+        said[:, -1] = 1.0                                    # "what": in every question
+        said[::2, -2] = 1.0                                  # "closest": in half
+        where = torch.zeros(B, grid * grid, dtype=torch.bool)
+        where[torch.arange(B), cell[torch.arange(B), named]] = True
+        return (tokens + positions) * mask[..., None], mask, BagOfWords(said, vectors), where
+
+    relate = AnchorRelation(width, 4)
+    optimizer = torch.optim.AdamW(relate.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    tokens, mask, words, where = batch(500, torch.Generator().manual_seed(2))
+    asked = torch.zeros(500, width)                          # the pooled question is not read
+    with torch.no_grad():
+        before = (relate.point(asked, tokens, mask, words) * where).sum(-1).mean().item()
+    for _ in range(300):
+        t, m, w, _ = batch(64, g)
+        loss = grounding_loss(relate.match(asked[:64], t, m, w), torch.ones(64, dtype=torch.bool))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        pointer = relate.point(asked, tokens, mask, words)
+    after = (pointer * where).sum(-1)
+    assert before < 0.35 and after.mean() > 0.9, (before, after.mean())
+    assert after[::2].mean() > 0.9                           # with the relational word too
+
+
+def test_grounding_loss_and_match():
+    from omniformer.model import AnchorRelation, BagOfWords
+    from omniformer.objectives import grounding_loss
+    torch.manual_seed(0)
+    relate = AnchorRelation(16, 2)
+    image = torch.randn(3, 5, 16, requires_grad=True)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2, [True] * 5])
+    words = BagOfWords(torch.tensor([[1.0, 0, 1], [0, 1, 0], [0, 0, 0]]), torch.randn(3, 16))
+    asked = torch.randn(3, 16)
+    match = relate.match(asked, image, mask, words)
+    assert match.shape == (3, 3)
+    changed = image.detach().clone()
+    changed[1, 3:] = 50.0                                    # padding does not count
+    assert torch.allclose(relate.match(asked, changed, mask, words), match, atol=1e-5)
+    # A row with no words asks by the pooled question instead.
+    assert torch.allclose(relate.query(asked, words)[2], relate.find(asked[2]), atol=1e-6)
+    assert not torch.allclose(relate.query(asked, words)[0], relate.find(asked[0]), atol=1e-3)
+    loss = grounding_loss(match, torch.tensor([True, True, False]))
+    expected = nn.functional.cross_entropy(match[:2], torch.tensor([0, 1]))
+    assert torch.allclose(loss, expected, atol=1e-6)
+    loss.backward()
+    assert image.grad is None                                # it moves the pointer, not the image
+    assert relate.word_query[0].weight.grad.abs().sum() > 0 and relate.key.weight.grad.abs().sum() > 0
+    assert grounding_loss(match[:1, :1], torch.tensor([True])).item() == 0.0   # one image: nothing to tell apart
+
+
 def test_guided_answer_head_in_qa_model_any_modalities():
     from omniformer.tasks.qa import QAModel
     for relations in (False, True):
@@ -405,7 +479,7 @@ def test_spoken_question_heard_as_words_through_the_text_projection():
     batch["transcript_mask"][3] = False
     batch["answer"] = torch.tensor([1, 2, 3, 4])
     fused = model.backbone({k: v for k, v in batch.items() if not k.startswith("audio")})
-    question, word_logits = model._question(fused, batch)
+    question, word_logits, words = model._question(fused, batch)
     assert set(question) == {"text"} and set(model.answer_head.question) == {"text"}   # one projection for both
     read = Omniformer.pool(*fused.embedded["text"])[1]        # text: its embedded tokens, mean-pooled
     assert torch.allclose(question["text"][1], read, atol=1e-5)
@@ -413,6 +487,9 @@ def test_spoken_question_heard_as_words_through_the_text_projection():
     table = text.ln(text.token.weight + text.type_embedding)  # each word as the embedder outputs it, no position
     heard = torch.sigmoid(word_logits[2] - math.log(SAID_WEIGHT))   # calibrated: see word_presence_loss
     assert torch.allclose(question["text"][2], heard @ table / heard.sum().clamp(min=1), atol=1e-5)
+    # The bag of words: the written words where a row has text, what was heard where it was spoken.
+    assert torch.equal(words.said[1].nonzero().squeeze(1), batch["text"][1][batch["text_mask"][1]].unique())
+    assert torch.allclose(words.said[2], heard) and torch.allclose(words.vectors, table)
     out = model(batch)
     from omniformer.objectives import word_presence_loss
     expected = word_presence_loss(word_logits, batch["transcript"], batch["transcript_mask"],
@@ -433,6 +510,27 @@ def test_spoken_question_heard_as_words_through_the_text_projection():
     assert model.answer_head.question["text"].weight.grad.abs().sum() > 0
 
 
+def test_qa_model_adds_the_grounding_loss_in_training():
+    from omniformer.objectives import grounding_loss
+    from omniformer.tasks.qa import QAModel
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="answer_relations=true"):
+        QAModel(small_cfg(answer_head="guided"), num_answers=7, grounding=0.2)
+    model = QAModel(small_cfg(answer_head="guided", answer_relations=True), num_answers=7, grounding=0.2)
+    batch = make_batch(image_rows=[True, True, False, True], text_rows=[True, True, True, False])
+    batch["answer"] = torch.tensor([1, 2, 3, 4])
+    out = model(batch)
+    fused = model.backbone(batch)
+    question, _, words = model._question(fused, batch)
+    image, mask, _ = model._image(fused)
+    match = model.answer_head.relate.match(model.answer_head.ask(fused.cls, question), image, mask, words)
+    # Row 2 has no image and row 3 no words (asked by voice through the tower): neither counts.
+    expected = grounding_loss(match, torch.tensor([True, True, False, False]))
+    assert torch.allclose(out["grounding_loss"], expected, atol=1e-5) and expected > 0
+    assert torch.allclose(out["loss"], out["answer_loss"] + 0.2 * expected, atol=1e-5)
+    assert "grounding_loss" not in model.eval()(batch)      # a training loss only
+
+
 def test_question_in_text_and_speech_reads_the_text_and_trains_the_spotter():
     """A question asked in text whose recording comes along (spotter_overhears): the head reads
     the written words, the spotter learns from the recording."""
@@ -445,7 +543,7 @@ def test_question_in_text_and_speech_reads_the_text_and_trains_the_spotter():
     batch["transcript_mask"] = batch["text_mask"].clone()
     batch["transcript_mask"][2] = True                     # row 2 was asked by voice alone
     fused = model.backbone({k: v for k, v in batch.items() if not k.startswith("audio")})
-    question, word_logits = model._question(fused, batch)
+    question, word_logits, _ = model._question(fused, batch)
     written = Omniformer.pool(*fused.embedded["text"])
     assert torch.allclose(question["text"][:2], written[:2], atol=1e-6)    # rows 0-1 read their text only
     assert not torch.allclose(question["text"][2], written[2], atol=1e-3)  # row 2 reads what it heard

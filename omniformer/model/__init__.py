@@ -2,7 +2,7 @@
 from .attention import MultiHeadAttention, build_attention_mask
 from .encoders import ENCODERS, AudioEmbedder, Embedder, ImageEmbedder, TextEmbedder
 from .fusion import FusionOutput, Omniformer, init_weights
-from .heads import AnchorRelation, AnswerHead, ContrastiveHead, GuidedAnswerHead, MaskedPatchHead, MatchingHead, MLMHead, WordSpotter
+from .heads import AnchorRelation, AnswerHead, BagOfWords, ContrastiveHead, GuidedAnswerHead, MaskedPatchHead, MatchingHead, MLMHead, WordSpotter
 from .layers import FeedForward, LayerNorm, LearnedPositions, SinusoidalPositions, sinusoidal_positions, sinusoidal_positions_2d
 from .transformer import Decoder, DecoderBlock, Encoder, EncoderBlock, block_kwargs
 
@@ -10,7 +10,7 @@ __all__ = [
     "MultiHeadAttention", "build_attention_mask",
     "ENCODERS", "Embedder", "TextEmbedder", "ImageEmbedder", "AudioEmbedder",
     "Omniformer", "FusionOutput", "init_weights",
-    "MLMHead", "MatchingHead", "ContrastiveHead", "AnswerHead", "GuidedAnswerHead", "AnchorRelation", "MaskedPatchHead", "WordSpotter",
+    "MLMHead", "MatchingHead", "ContrastiveHead", "AnswerHead", "GuidedAnswerHead", "AnchorRelation", "BagOfWords", "MaskedPatchHead", "WordSpotter",
     "FeedForward", "LayerNorm", "LearnedPositions", "SinusoidalPositions", "sinusoidal_positions", "sinusoidal_positions_2d",
     "Encoder", "EncoderBlock", "Decoder", "DecoderBlock", "block_kwargs",
 ]

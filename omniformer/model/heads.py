@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,14 @@ def masked_softmax(scores: Tensor, valid: Tensor) -> Tensor:
     dtype's minimum (under autocast they are bf16 while the tokens are not), so a row with
     nothing valid spreads evenly over its padding instead of giving NaN."""
     return scores.masked_fill(~valid, torch.finfo(scores.dtype).min).softmax(-1)
+
+
+class BagOfWords(NamedTuple):
+    """A question as the words it says, whatever their order: ``said`` (B, vocab) in [0, 1]
+    (written: 1 for each word present; heard: the word spotter's probability) and the
+    vocabulary's ``vectors`` (vocab, width), as ``TextEmbedder.word_vectors`` gives them."""
+    said: Tensor
+    vectors: Tensor
 
 
 class MLMHead(nn.Module):
@@ -127,10 +135,11 @@ class GuidedAnswerHead(nn.Module):
         return sum((self.question[m](x) for m, x in question.items()), cls.new_zeros(cls.shape))
 
     def forward(self, cls: Tensor, question: dict[str, Tensor], image: Tensor, image_mask: Tensor,
-                coordinates: Tensor | None = None) -> Tensor:
+                coordinates: Tensor | None = None, words: BagOfWords | None = None) -> Tensor:
         """cls (B, width); question {modality: question vector (B, width), zeros where the
         sample lacks it}; image (B, N, width) with image_mask (B, N); coordinates (N, 2) of
-        the image tokens, needed with ``relations`` -> logits (B, answers)."""
+        the image tokens, needed with ``relations``; ``words``, the question's bag of words, for
+        the relation's pointer (see ``AnchorRelation``) -> logits (B, answers)."""
         B, N, W = image.shape
         h, d = self.heads, W // self.heads
         asked = self.ask(cls, question)
@@ -151,7 +160,7 @@ class GuidedAnswerHead(nn.Module):
         if self.relate is not None:
             if coordinates is None:
                 raise ValueError("the guided head's relations need the image tokens' coordinates")
-            readings += self.relate(asked, image, image_mask, coordinates)
+            readings += self.relate(asked, image, image_mask, coordinates, words)
         return self.classifier(torch.cat([cls, asked, *readings], dim=-1))
 
 
@@ -159,22 +168,29 @@ class AnchorRelation(nn.Module):
     """Every image token related to the object the question names: a Relation Network
     (Santoro et al. 2017) with one side of each pair fixed to that anchor, so N pairs, not N^2.
 
-    The question points at its anchor with a softmax over the tokens of its own, which gives
-    the anchor's vector and, from the tokens' coordinates, its place. g(token, anchor,
-    question, geometry) is an MLP on the token, the anchor, their elementwise product (same
-    shape?), the question, and the offset and distance between the two (closest? furthest?);
-    its first layer is a sum of projections, a linear layer on their concatenation. Per head,
-    g scores every token: a softmax reads the token selected (the object closest to the
-    anchor) and the sum of sigmoids counts the tokens that pass (objects of the anchor's
-    shape). Why: the glimpses' ``q . k`` cannot rank tokens by their distance to another
-    token, and relations were what the full recipe missed (closest 78.9%, furthest 84.3%,
-    count_shape 77.5% on its truncated GPU run). A pointer of its own, rather than the first
-    glimpse's attention averaged over heads, keeps the relation's gradients out of the glimpse
-    that binds colour words to objects; that alternative's figures are in benchmarks/README.md.
-    Not settled: queried by the pooled question, the pointer finds the named object in shape
-    questions but mostly not in relational ones, whose pooled words differ (0.3 of its mass
-    on it at the standard setting; benchmarks/relation_pointer_probe.py). A pointer that reads
-    the question word by word did better at one seed and drifted at another (README there).
+    A pointer, a softmax over the image tokens, finds the anchor, which gives its vector and,
+    from the tokens' coordinates, its place. g(token, anchor, question, geometry) is an MLP on
+    the token, the anchor, their elementwise product (same shape?), the question, and the
+    offset and distance between the two (closest? furthest?); its first layer is a sum of
+    projections, a linear layer on their concatenation. Per head, g scores every token: a
+    softmax reads the token selected (the object closest to the anchor) and the sum of
+    sigmoids counts the tokens that pass (objects of the anchor's shape). Why: the glimpses'
+    ``q . k`` cannot rank tokens by their distance to another token, and relations were what
+    the full recipe missed (closest 78.9%, furthest 84.3%, count_shape 77.5% on its truncated
+    GPU run).
+
+    The pointer's query is the question's bag of words (``BagOfWords``), each word through an
+    MLP of its own, summed: a product of experts, one per word, so "red" points the same way
+    in "what shape is the red object?" and in "... closest to the red object?". Without words
+    (speech through its tower) it is the pooled question's projection. ``match`` scores a
+    question against every image of a batch by its best token, for ``objectives.grounding_loss``,
+    which teaches the pointer where the named object is by telling a question's own image from
+    the others: an image without a red object cannot answer "the red object". Why: the answer
+    loss alone, through the gated relation, never taught it; the pointer spread its mass evenly
+    over the objects (0.3 on the named one), and read by the question's words it did no better.
+    With the grounding loss it put 0.92 on the named object (benchmarks/README.md, "The
+    grounding loss"). The image is detached there, so the loss moves the pointer alone and leaves
+    the colour-word binding the glimpses learn in the curriculum as it was.
     """
 
     GEOMETRY = 4  # dx, dy, distance, squared distance
@@ -183,6 +199,7 @@ class AnchorRelation(nn.Module):
         super().__init__()
         self.heads = heads
         self.find = nn.Linear(width, width)
+        self.word_query = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
         self.key = nn.Linear(width, width)
         self.token = nn.Linear(width, width)
         self.anchor = nn.Linear(width, width, bias=False)
@@ -196,17 +213,38 @@ class AnchorRelation(nn.Module):
         # early fine-tuning, when the glimpse learns to bind colour words, goes as without it.
         self.gate = nn.Parameter(torch.zeros(()))
 
-    def point(self, asked: Tensor, image: Tensor, image_mask: Tensor) -> Tensor:
-        """(B, N): where the object the question names is, a distribution over the image tokens."""
-        return masked_softmax((self.key(image) @ self.find(asked)[:, :, None]).squeeze(-1) * image.size(-1) ** -0.5,
-                              image_mask)
+    def query(self, asked: Tensor, words: BagOfWords | None = None) -> Tensor:
+        """(B, width): what the pointer looks for; by the words where a row has any."""
+        by_question = self.find(asked)
+        if words is None:
+            return by_question
+        said = words.said.to(by_question.dtype)
+        # Detached: the word vectors are the text embedder's, which the glimpses bind to objects.
+        by_words = said @ self.word_query(words.vectors.detach().to(by_question.dtype))
+        return torch.where(said.sum(-1, keepdim=True) > 0, by_words, by_question)
 
-    def forward(self, asked: Tensor, image: Tensor, image_mask: Tensor, coordinates: Tensor) -> list[Tensor]:
+    def point(self, asked: Tensor, image: Tensor, image_mask: Tensor, words: BagOfWords | None = None) -> Tensor:
+        """(B, N): where the object the question names is, a distribution over the image tokens."""
+        scores = (self.key(image) @ self.query(asked, words)[:, :, None]).squeeze(-1) * image.size(-1) ** -0.5
+        return masked_softmax(scores, image_mask)
+
+    def match(self, asked: Tensor, image: Tensor, image_mask: Tensor, words: BagOfWords | None = None) -> Tensor:
+        """(B questions, B images): how well each question's pointer finds something in each
+        image, the logsumexp of its scores over the image's tokens (the log of the pointer's
+        normaliser). The image is detached (see the class's docstring)."""
+        keys = self.key(image.detach())                                                   # (B, N, W)
+        scores = torch.einsum("qw,inw->qin", self.query(asked, words), keys) * image.size(-1) ** -0.5
+        scores = scores.float().masked_fill(~image_mask[None], torch.finfo(torch.float32).min)
+        return scores.logsumexp(-1)
+
+    def forward(self, asked: Tensor, image: Tensor, image_mask: Tensor, coordinates: Tensor,
+                words: BagOfWords | None = None) -> list[Tensor]:
         """asked (B, width); image (B, N, width), image_mask (B, N); coordinates (N, 2), each
-        token's place in the image in [0, 1] -> [the selected tokens (B, width), the counts (B, heads)]."""
+        token's place in the image in [0, 1]; the question's words, if it has them ->
+        [the selected tokens (B, width), the counts (B, heads)]."""
         B, N, W = image.shape
         h, d = self.heads, W // self.heads
-        pointer = self.point(asked, image, image_mask)                               # (B, N)
+        pointer = self.point(asked, image, image_mask, words)                        # (B, N)
         anchor = (pointer[:, None] @ image).squeeze(1)                               # (B, W)
         where = pointer @ coordinates.to(pointer.dtype)                              # (B, 2)
         offset = coordinates.to(image.dtype)[None] - where[:, None]                  # (B, N, 2)

@@ -145,7 +145,7 @@ def finetune(cfg: RunConfig, init: str | Path | None = None, resume: bool = Fals
     else:
         tokenizer = build_tokenizer(cfg.data, samples_by_split(manifest)["train"])
     cfg.model.vocab_size, cfg.model.num_answers = tokenizer.vocab_size, len(answers)
-    model = QAModel(cfg.model, len(answers), spoken_words=cfg.spoken_words)
+    model = QAModel(cfg.model, len(answers), spoken_words=cfg.spoken_words, grounding=cfg.grounding)
     if init is not None and not resume:
         model.load_pretrained(init)
 

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 from ..config import ModelConfig, RunConfig, from_dict
 from ..data.batching import IGNORE, MultimodalDataset, collate
 from ..data.text import Tokenizer
-from ..model import AnswerHead, GuidedAnswerHead, Omniformer, WordSpotter, init_weights
-from ..objectives import SAID_WEIGHT, word_presence_loss
+from ..model import AnswerHead, BagOfWords, GuidedAnswerHead, Omniformer, WordSpotter, init_weights
+from ..objectives import SAID_WEIGHT, grounding_loss, word_presence_loss
 from ..train import checkpoint as ckpt
 from .common import audio_preprocessor, image_preprocessor
 
@@ -48,11 +48,15 @@ class QAModel(nn.Module):
     horizontal/vertical ~0.55 while text reached 1.00).
     """
 
-    def __init__(self, cfg: ModelConfig, num_answers: int, spoken_words: float = 0.0):
+    def __init__(self, cfg: ModelConfig, num_answers: int, spoken_words: float = 0.0, grounding: float = 0.0):
         super().__init__()
+        if grounding and not (cfg.answer_head == "guided" and cfg.answer_relations):
+            raise ValueError("grounding trains the anchor relation's pointer: it needs model.answer_head=guided "
+                             "and model.answer_relations=true")
         self.backbone = Omniformer(cfg)
         self.guided = cfg.answer_head == "guided"
         self.spoken_words = spoken_words
+        self.grounding = grounding
         self.word_spotter: WordSpotter | None = None
         if self.guided:
             if cfg.towers_from or any(getattr(getattr(cfg, m), "tower", None) for m in ("text", "image", "audio")):
@@ -104,8 +108,15 @@ class QAModel(nn.Module):
         fused = self.backbone(seen)
         out: dict[str, torch.Tensor] = {}
         if self.guided:
-            question, word_logits = self._question(fused, batch)
-            logits = self.answer_head(fused.cls, question, *self._image(fused))
+            question, word_logits, words = self._question(fused, batch)
+            image = self._image(fused)
+            logits = self.answer_head(fused.cls, question, *image, words=words)
+            if self.grounding and self.training and "image" in fused.embedded:
+                asked = self.answer_head.ask(fused.cls, question)
+                rows = image[1].any(1)
+                if words is not None:
+                    rows &= words.said.sum(-1) > 0
+                out["grounding_loss"] = grounding_loss(self.answer_head.relate.match(asked, *image[:2], words), rows)
             if self.spoken_words and word_logits is not None and "transcript" in batch:
                 rows = batch["transcript_mask"].any(1) & batch["audio_mask"].any(1)
                 out["spoken_words_loss"] = word_presence_loss(word_logits, batch["transcript"],
@@ -116,17 +127,22 @@ class QAModel(nn.Module):
         answers = batch.get("answer")
         if answers is not None and (answers != IGNORE).any():
             out["answer_loss"] = F.cross_entropy(logits, answers, ignore_index=IGNORE)
-            out["loss"] = out["answer_loss"] + self.spoken_words * out.get("spoken_words_loss", 0.0)
+            out["loss"] = (out["answer_loss"] + self.spoken_words * out.get("spoken_words_loss", 0.0)
+                           + self.grounding * out.get("grounding_loss", 0.0))
             valid = answers != IGNORE
             out["accuracy"] = (logits.argmax(-1)[valid] == answers[valid]).float().mean()
         return out
 
-    def _question(self, fused, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """The question vectors the guided head reads (zeros in rows without that modality), and
-        the spotter's word logits (B, vocab) when speech is heard as words."""
-        question, word_logits = {}, None
+    def _question(self, fused, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, BagOfWords | None]:
+        """The question vectors the guided head reads (zeros in rows without that modality),
+        the spotter's word logits (B, vocab) when speech is heard as words, and the question's
+        bag of words where it comes as words (written, or heard by the spotter)."""
+        question, word_logits, said = {}, None, None
         if "text" in fused.embedded:
             question["text"] = Omniformer.pool(*fused.embedded["text"])
+            ids, mask = batch["text"], batch["text_mask"].to(question["text"].dtype)
+            vocab = self.backbone.embedders["text"].token.num_embeddings
+            said = mask.new_zeros(ids.size(0), vocab).scatter_add(1, ids, mask).clamp(max=1.0)
         if "audio" in fused.unimodal and self.word_spotter is None:
             question["audio"] = Omniformer.pool(*fused.unimodal["audio"])
         elif "audio" in batch:
@@ -139,9 +155,12 @@ class QAModel(nn.Module):
             words = self.backbone.embedders["text"].word_vectors()           # (vocab, width)
             spoken = (heard @ words) / heard.sum(-1, keepdim=True).clamp(min=1.0)
             if "text" in question:  # a row asked in text too reads its words as written
-                spoken = spoken.masked_fill(batch["text_mask"].bool().any(1, keepdim=True), 0.0)
+                written = batch["text_mask"].bool().any(1, keepdim=True)
+                spoken, heard = spoken.masked_fill(written, 0.0), heard.masked_fill(written, 0.0)
             question["text"] = question.get("text", 0.0) + spoken
-        return question, word_logits
+            said = heard if said is None else said + heard
+        words = None if said is None else BagOfWords(said, self.backbone.embedders["text"].word_vectors())
+        return question, word_logits, words
 
     def _image(self, fused) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The image's embedded tokens, their mask and their (x, y) places; one masked zero
