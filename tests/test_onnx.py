@@ -55,6 +55,18 @@ def test_qa_model_onnx_round_trip(tmp_path):
     _check_round_trip(model, cfg, path)
 
 
+def test_guided_head_with_relations_and_words_exports(tmp_path):
+    """The quickstart's head: glimpses, the anchor relation (its pointer read by the question's
+    bag of words, its gate opened so that it counts) and speech heard as words."""
+    torch.manual_seed(2)
+    cfg = small_cfg()
+    cfg.answer_head, cfg.answer_relations, cfg.spoken_question = "guided", True, "words"
+    model = QAModel(cfg, num_answers=6).eval()
+    with torch.no_grad():
+        model.answer_head.relate.gate.fill_(1.0)
+    _check_round_trip(model, cfg, export_qa(model, cfg, tmp_path / "qa.onnx"))
+
+
 def test_imported_tower_shapes_export(tmp_path):
     """Towers of other widths (projections), causal text, [CLS] image token, Whisper audio stem."""
     torch.manual_seed(1)
