@@ -138,11 +138,12 @@ class QAModel(nn.Module):
         the spotter's word logits (B, vocab) when speech is heard as words, and the question's
         bag of words where it comes as words (written, or heard by the spotter)."""
         question, word_logits, said = {}, None, None
+        text = self.backbone.embedders["text"] if "text" in self.backbone.embedders else None
+        vectors = None if text is None else text.word_vectors()             # (vocab, width)
         if "text" in fused.embedded:
             question["text"] = Omniformer.pool(*fused.embedded["text"])
             ids, mask = batch["text"], batch["text_mask"].to(question["text"].dtype)
-            vocab = self.backbone.embedders["text"].token.num_embeddings
-            said = mask.new_zeros(ids.size(0), vocab).scatter_add(1, ids, mask).clamp(max=1.0)
+            said = mask.new_zeros(ids.size(0), vectors.size(0)).scatter_add(1, ids, mask).clamp(max=1.0)
         if "audio" in fused.unimodal and self.word_spotter is None:
             question["audio"] = Omniformer.pool(*fused.unimodal["audio"])
         elif "audio" in batch:
@@ -152,15 +153,13 @@ class QAModel(nn.Module):
             # Calibrated: the spotter's loss weighs words said SAID_WEIGHT times, which lifts its
             # logits by log(SAID_WEIGHT).
             heard = torch.sigmoid(word_logits - math.log(SAID_WEIGHT)).detach()
-            words = self.backbone.embedders["text"].word_vectors()           # (vocab, width)
-            spoken = (heard @ words) / heard.sum(-1, keepdim=True).clamp(min=1.0)
+            spoken = (heard @ vectors) / heard.sum(-1, keepdim=True).clamp(min=1.0)
             if "text" in question:  # a row asked in text too reads its words as written
                 written = batch["text_mask"].bool().any(1, keepdim=True)
                 spoken, heard = spoken.masked_fill(written, 0.0), heard.masked_fill(written, 0.0)
             question["text"] = question.get("text", 0.0) + spoken
             said = heard if said is None else said + heard
-        words = None if said is None else BagOfWords(said, self.backbone.embedders["text"].word_vectors())
-        return question, word_logits, words
+        return question, word_logits, None if said is None else BagOfWords(said, vectors)
 
     def _image(self, fused) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The image's embedded tokens, their mask and their (x, y) places; one masked zero
