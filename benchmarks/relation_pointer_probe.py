@@ -35,17 +35,23 @@ import numpy as np
 import torch
 
 from omniformer.data.batching import collate
+from omniformer.data.shapes.language import _extreme
 from omniformer.data.shapes.scene import Obj, render
+from omniformer.model.heads import masked_softmax
 from omniformer.tasks.qa import QAPredictor
 
 from common import write_json
 
 
+def scene_object(o: dict) -> Obj:
+    """The manifest's metadata of one object back as the ``Obj`` it was drawn from."""
+    return Obj(o["colour"], o["shape"], int(round(o["x"] - o["size"] / 2)), int(round(o["y"] - o["size"] / 2)), o["size"])
+
+
 def object_tokens(o: dict, size: int, patch: int) -> np.ndarray:
     """(grid*grid,) True on the patches that hold any pixel of object ``o`` (manifest metadata)."""
     grid = size // patch
-    alone = Obj(o["colour"], o["shape"], int(round(o["x"] - o["size"] / 2)), int(round(o["y"] - o["size"] / 2)), o["size"])
-    drawn = (np.asarray(render([alone], size)) != 255).any(-1)                     # (size, size)
+    drawn = (np.asarray(render([scene_object(o)], size)) != 255).any(-1)            # (size, size)
     return drawn.reshape(grid, patch, grid, patch).any((1, 3)).reshape(-1)
 
 
@@ -65,7 +71,7 @@ def probe(qa: QAPredictor, data_dir: Path, split: str, per_family: int, batch_si
         if count[meta["family"]] < per_family:
             count[meta["family"]] += 1
             chosen.append(sample)
-    mass, right = defaultdict(list), defaultdict(list)
+    mass, right, selected, best_head = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
     extra = 1 if image_cfg.cls_token else 0
     for start in range(0, len(chosen), batch_size):
         part = chosen[start:start + batch_size]
@@ -76,15 +82,27 @@ def probe(qa: QAPredictor, data_dir: Path, split: str, per_family: int, batch_si
         image, mask, xy = model._image(fused)
         asked = model.answer_head.ask(fused.cls, question)
         pointer = model.answer_head.relate.point(asked, image, mask, words)[:, extra:]
+        weights = masked_softmax(model.answer_head.relate.relate(asked, image, mask, xy, words), mask[:, None])[..., extra:]
         # Text questions only, so the head on this backbone pass is the whole model's answer.
         answers = model.answer_head(fused.cls, question, image, mask, xy, words=words).argmax(-1).tolist()
-        for s, p, a in zip(part, pointer, answers):
-            named = next(o for o in s["meta"]["objects"] if o["colour"] == s["meta"]["colour"])
+        for s, p, w, a in zip(part, pointer, weights, answers):
+            family, objects = s["meta"]["family"], s["meta"]["objects"]
+            named = next(o for o in objects if o["colour"] == s["meta"]["colour"])
             held = torch.from_numpy(object_tokens(named, image_cfg.size, image_cfg.patch_size))
-            mass[s["meta"]["family"]].append(float(p[held].sum()))
-            right[s["meta"]["family"]].append(qa.answers[a] == s["answer"])
+            mass[family].append(float(p[held].sum()))
+            right[family].append(qa.answers[a] == s["answer"])
+            if family in ("closest", "furthest"):
+                scene = [scene_object(o) for o in objects]
+                other = _extreme(scene[objects.index(named)], scene, image_cfg.size, family == "furthest")
+                answer = objects[scene.index(other)]
+                on_answer = w[:, torch.from_numpy(object_tokens(answer, image_cfg.size, image_cfg.patch_size))].sum(-1)
+                selected[family].append(float(on_answer.mean()))
+                best_head[family].append(float(on_answer.max()))
     return {family: {"questions": len(mass[family]), "pointer_on_named": float(np.mean(mass[family])),
-                     "accuracy": float(np.mean(right[family]))} for family in sorted(mass)}
+                     "accuracy": float(np.mean(right[family])),
+                     **({"selected_on_answer": float(np.mean(selected[family])),
+                         "best_head_on_answer": float(np.mean(best_head[family]))} if family in selected else {})}
+            for family in sorted(mass)}
 
 
 def main() -> None:
@@ -100,9 +118,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     qa = QAPredictor.load(args.model)
     results = probe(qa, Path(args.data or qa.cfg.data.shapes_dir), args.split, args.per_family)
-    print(f"{'family':<12} {'questions':>9} {'pointer on named':>17} {'accuracy':>9}")
+    print(f"{'family':<12} {'questions':>9} {'pointer on named':>17} {'accuracy':>9} {'selected on answer':>19} {'best head':>9}")
     for family, r in results.items():
-        print(f"{family:<12} {r['questions']:>9} {r['pointer_on_named']:>17.3f} {r['accuracy']:>9.3f}")
+        sel = f"{r['selected_on_answer']:>19.3f} {r['best_head_on_answer']:>9.3f}" if "selected_on_answer" in r else ""
+        print(f"{family:<12} {r['questions']:>9} {r['pointer_on_named']:>17.3f} {r['accuracy']:>9.3f} {sel}")
     write_json(args.json, {"model": args.model, "split": args.split, "families": results})
 
 

@@ -336,37 +336,41 @@ def _closest_object_batch(B, g, words, positions, grid=6, objects=6):
     return tokens, mask, question, answer, relational
 
 
-def test_relations_learn_which_object_is_closest_where_glimpses_cannot():
+def test_relations_learn_which_object_is_closest_where_glimpses_cannot(monkeypatch):
     """Learning, on synthetic tokens: "what shape is the object closest to the <colour> one?"
-    mixed with "what shape is the <colour> one?". With the relational reading the closest
-    questions reach 0.92 in 2,000 steps (its gate opens from shut: 0.60 at 1,000; ties on the
-    grid, broken by position, cap it near 0.93); with one glimpse alone they stay near 0.55."""
+    mixed with "what shape is the <colour> one?". In 500 steps the relational reading gets the
+    closest questions 0.94 right (ties on the grid, broken by position, cap it near 0.95);
+    without its score linear in the distance (``reach``) 0.62 (0.78 at 1,000 steps, 0.92 at
+    2,000); with one glimpse alone they stay near 0.55."""
+    from omniformer.model import AnchorRelation
     from omniformer.model.layers import sinusoidal_positions_2d
     torch.manual_seed(0)
     width, grid = 32, 6
     words = {"colour": torch.randn(6, width), "shape": torch.randn(3, width), "closest": torch.randn(width)}
     positions = sinusoidal_positions_2d(grid, grid, width)
     xy = ImageEmbedder(small_cfg(image=ImageConfig(size=grid * 4, patch_size=4))).token_xy
-    accuracy = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)       # one thread's sums, so the trajectory is the one measured
     try:
-        for relations in (True, False):
-            accuracy[relations] = _train_closest_object_head(relations, width, words, positions, xy)
+        related = _train_closest_object_head(True, width, words, positions, xy)
+        glimpsed = _train_closest_object_head(False, width, words, positions, xy)
+        monkeypatch.setattr(AnchorRelation, "REACH_SCALE", 0.0)
+        unreached = _train_closest_object_head(True, width, words, positions, xy)
     finally:
         torch.set_num_threads(threads)
-    assert accuracy[True][0] >= 0.8 and accuracy[True][1] >= 0.95, accuracy
-    assert accuracy[False][0] <= 0.7, accuracy
+    assert related[0] >= 0.88 and related[1] >= 0.95, related
+    assert unreached[0] <= 0.75, unreached
+    assert glimpsed[0] <= 0.7, glimpsed
 
 
-def _train_closest_object_head(relations, width, words, positions, xy):
-    """(closest-question accuracy, shape-question accuracy) after 2,000 steps of 128."""
+def _train_closest_object_head(relations, width, words, positions, xy, steps=500):
+    """(closest-question accuracy, shape-question accuracy) after ``steps`` steps of 128."""
     from omniformer.model import GuidedAnswerHead
     torch.manual_seed(1)
     head = GuidedAnswerHead(width, 4, 3, ["text"], relations=relations)
     optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(2)
-    for _ in range(2000):
+    for _ in range(steps):
         tokens, mask, question, answer, _ = _closest_object_batch(128, g, words, positions)
         loss = nn.functional.cross_entropy(head(torch.zeros(128, width), {"text": question}, tokens, mask, xy),
                                            answer)

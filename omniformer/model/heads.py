@@ -191,9 +191,21 @@ class AnchorRelation(nn.Module):
     With the grounding loss it put 0.92 on the named object (benchmarks/README.md, "The
     grounding loss"). The image is detached there, so the loss moves the pointer alone and leaves
     the colour-word binding the glimpses learn in the curriculum as it was.
+
+    Each head's score also has a term linear in the token's distance from the anchor, its slope
+    per head set by the question (``reach``): steep and negative picks the closest token, positive
+    the furthest. Why: an argmin over distances needs a large gain (two objects' distances differ
+    by 10% of the nearer one), which g, an MLP on the geometry, learnt slowly; its softmax
+    blended the nearest objects. With it, closest went from 77.4% to 93.5% and furthest from
+    82.6% to 98.2% at the standard setting from scratch (benchmarks/README.md, "A score linear
+    in the distance"), and the synthetic closest task of tests/test_encoders.py from 0.62 to
+    0.94 in 500 steps.
     """
 
     GEOMETRY = 4  # dx, dy, distance, squared distance
+    # Distances are in image widths: so scaled, a reach of order one, what a linear layer gives,
+    # already moves a score by 2 per patch on an 8x8 grid.
+    REACH_SCALE = 16.0
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -208,6 +220,10 @@ class AnchorRelation(nn.Module):
         self.geometry = nn.Linear(self.GEOMETRY, width, bias=False)
         self.hidden = nn.Linear(width, width)
         self.score = nn.Linear(width, heads)
+        # Zero at the start: the relation begins as without it.
+        self.reach = nn.Linear(width, heads)
+        nn.init.zeros_(self.reach.weight)
+        nn.init.zeros_(self.reach.bias)
         self.act = nn.GELU()
         # Its readings reach the classifier through a gate that starts shut (ReZero-style), so
         # early fine-tuning, when the glimpse learns to bind colour words, goes as without it.
@@ -237,13 +253,10 @@ class AnchorRelation(nn.Module):
         scores = scores.float().masked_fill(~image_mask[None], torch.finfo(torch.float32).min)
         return scores.logsumexp(-1)
 
-    def forward(self, asked: Tensor, image: Tensor, image_mask: Tensor, coordinates: Tensor,
-                words: BagOfWords | None = None) -> list[Tensor]:
-        """asked (B, width); image (B, N, width), image_mask (B, N); coordinates (N, 2), each
-        token's place in the image in [0, 1]; the question's words, if it has them ->
-        [the selected tokens (B, width), the counts (B, heads)]."""
-        B, N, W = image.shape
-        h, d = self.heads, W // self.heads
+    def relate(self, asked: Tensor, image: Tensor, image_mask: Tensor, coordinates: Tensor,
+               words: BagOfWords | None = None) -> Tensor:
+        """(B, heads, N): g's score for every image token against the anchor (arguments as in
+        ``forward``)."""
         pointer = self.point(asked, image, image_mask, words)                        # (B, N)
         anchor = (pointer[:, None] @ image).squeeze(1)                               # (B, W)
         where = pointer @ coordinates.to(pointer.dtype)                              # (B, 2)
@@ -253,6 +266,16 @@ class AnchorRelation(nn.Module):
         pair = self.act(self.token(image) + self.same(image * anchor[:, None]) + self.geometry(geometry)
                         + (self.anchor(anchor) + self.asked(asked))[:, None])
         scores = self.score(self.act(self.hidden(pair))).transpose(1, 2)            # (B, heads, N)
+        return scores + self.REACH_SCALE * self.reach(asked)[:, :, None] * geometry[:, None, :, 2]
+
+    def forward(self, asked: Tensor, image: Tensor, image_mask: Tensor, coordinates: Tensor,
+                words: BagOfWords | None = None) -> list[Tensor]:
+        """asked (B, width); image (B, N, width), image_mask (B, N); coordinates (N, 2), each
+        token's place in the image in [0, 1]; the question's words, if it has them ->
+        [the selected tokens (B, width), the counts (B, heads)]."""
+        B, N, W = image.shape
+        h, d = self.heads, W // self.heads
+        scores = self.relate(asked, image, image_mask, coordinates, words)          # (B, heads, N)
         valid = image_mask[:, None, :]
         weights = masked_softmax(scores, valid)
         selected = (weights[..., None] * image.view(B, N, h, d).transpose(1, 2)).sum(2).reshape(B, W)
