@@ -6,7 +6,13 @@ For a fine-tuned QA checkpoint with ``model.answer_relations``, asks ShapesWorld
 text, family by family, and reports the share of the pointer's mass (``AnchorRelation.point``)
 on the image tokens that hold any pixel of the object named ("the red object"), with the
 family's accuracy. Which tokens hold which object comes from re-rendering each object of the
-scene alone from the manifest's metadata, so the figure is exact, not estimated.
+scene alone from the manifest's metadata, so the figure is exact, not estimated. For closest
+and furthest questions it also reports the share of the relation heads' selection softmax on
+the object that answers (the mean over heads, and the best head's).
+
+Measured 2026-11-30 with the relation's score linear in the distance (``reach``), standard
+setting (below), seed 0: the selection puts 0.57 (best head 0.87) on the answer in closest
+questions, 0.68 (0.98) in furthest ones; accuracy 0.93 and 1.00 on those 150 each.
 
 Measured 2026-11-30, 150 test questions a family (shape / closest / furthest / count_shape):
 - the pointer as it is, read by the question's bag of words and taught by the grounding
@@ -35,7 +41,7 @@ import numpy as np
 import torch
 
 from omniformer.data.batching import collate
-from omniformer.data.shapes.language import _extreme
+from omniformer.data.shapes.language import extreme_object
 from omniformer.data.shapes.scene import Obj, render
 from omniformer.model.heads import masked_softmax
 from omniformer.tasks.qa import QAPredictor
@@ -93,7 +99,7 @@ def probe(qa: QAPredictor, data_dir: Path, split: str, per_family: int, batch_si
             right[family].append(qa.answers[a] == s["answer"])
             if family in ("closest", "furthest"):
                 scene = [scene_object(o) for o in objects]
-                other = _extreme(scene[objects.index(named)], scene, image_cfg.size, family == "furthest")
+                other = extreme_object(scene[objects.index(named)], scene, image_cfg.size, family == "furthest")
                 answer = objects[scene.index(other)]
                 on_answer = w[:, torch.from_numpy(object_tokens(answer, image_cfg.size, image_cfg.patch_size))].sum(-1)
                 selected[family].append(float(on_answer.mean()))

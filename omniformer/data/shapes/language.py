@@ -88,7 +88,7 @@ def _side(value: float, image: int, low: str, high: str) -> str | None:
     return low if offset < 0 else high
 
 
-def _extreme(target: Obj, objects: list[Obj], image: int, furthest: bool) -> Obj | None:
+def extreme_object(target: Obj, objects: list[Obj], image: int, furthest: bool) -> Obj | None:
     """The unambiguously closest (or furthest) other object, or None."""
     others = [o for o in objects if o is not target]
     if not others:
@@ -129,7 +129,7 @@ def question_candidates(objects: list[Obj], image: int) -> dict[str, list[Candid
         if (side := _side(o.y, image, "top", "bottom")) is not None:
             out["vertical"].append((q["vertical"].format(**c), side, c))
         for family, furthest in (("closest", False), ("furthest", True)):
-            if (other := _extreme(o, objects, image, furthest)) is not None:
+            if (other := extreme_object(o, objects, image, furthest)) is not None:
                 out[family].append((q[family].format(**c), other.shape, c))
         if len(objects) > 1:
             out["count_shape"].append((q["count_shape"].format(**c), NUMBERS[_same_shape(o, objects)], c))
@@ -199,9 +199,9 @@ def caption_candidates(objects: list[Obj], image: int) -> dict[str, list[str]]:
             out["horizontal"].append(f"the {o.colour} object is on the {side}")
         if (side := _side(o.y, image, "top", "bottom")) is not None:
             out["vertical"].append(f"the {o.colour} object is at the {side}")
-        if (other := _extreme(o, objects, image, furthest=False)) is not None:
+        if (other := extreme_object(o, objects, image, furthest=False)) is not None:
             out["closest"].append(f"the object closest to the {o.colour} object is a {other.shape}")
-        if (other := _extreme(o, objects, image, furthest=True)) is not None:
+        if (other := extreme_object(o, objects, image, furthest=True)) is not None:
             out["furthest"].append(f"the object furthest from the {o.colour} object is a {other.shape}")
         if n > 1:
             k = _same_shape(o, objects) - 1
