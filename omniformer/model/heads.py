@@ -262,11 +262,12 @@ class AnchorRelation(nn.Module):
         where = pointer @ coordinates.to(pointer.dtype)                              # (B, 2)
         offset = coordinates.to(image.dtype)[None] - where[:, None]                  # (B, N, 2)
         squared = offset.square().sum(-1, keepdim=True)
-        geometry = torch.cat([offset, (squared + 1e-6).sqrt(), squared], -1)
+        distance = (squared + 1e-6).sqrt()                                           # (B, N, 1)
+        geometry = torch.cat([offset, distance, squared], -1)
         pair = self.act(self.token(image) + self.same(image * anchor[:, None]) + self.geometry(geometry)
                         + (self.anchor(anchor) + self.asked(asked))[:, None])
         scores = self.score(self.act(self.hidden(pair))).transpose(1, 2)            # (B, heads, N)
-        return scores + self.REACH_SCALE * self.reach(asked)[:, :, None] * geometry[:, None, :, 2]
+        return scores + self.REACH_SCALE * self.reach(asked)[:, :, None] * distance.transpose(1, 2)
 
     def forward(self, asked: Tensor, image: Tensor, image_mask: Tensor, coordinates: Tensor,
                 words: BagOfWords | None = None) -> list[Tensor]:
