@@ -49,15 +49,10 @@ from omniformer.tasks.qa import QAPredictor
 from common import write_json
 
 
-def scene_object(o: dict) -> Obj:
-    """The manifest's metadata of one object back as the ``Obj`` it was drawn from."""
-    return Obj(o["colour"], o["shape"], int(round(o["x"] - o["size"] / 2)), int(round(o["y"] - o["size"] / 2)), o["size"])
-
-
 def object_tokens(o: dict, size: int, patch: int) -> np.ndarray:
     """(grid*grid,) True on the patches that hold any pixel of object ``o`` (manifest metadata)."""
     grid = size // patch
-    drawn = (np.asarray(render([scene_object(o)], size)) != 255).any(-1)            # (size, size)
+    drawn = (np.asarray(render([Obj.from_meta(o)], size)) != 255).any(-1)            # (size, size)
     return drawn.reshape(grid, patch, grid, patch).any((1, 3)).reshape(-1)
 
 
@@ -88,7 +83,7 @@ def probe(qa: QAPredictor, data_dir: Path, split: str, per_family: int, batch_si
         image, mask, xy = model._image(fused)
         asked = model.answer_head.ask(fused.cls, question)
         pointer = model.answer_head.relate.point(asked, image, mask, words)[:, extra:]
-        weights = masked_softmax(model.answer_head.relate.relate(asked, image, mask, xy, words), mask[:, None])[..., extra:]
+        weights = masked_softmax(model.answer_head.relate.pair_scores(asked, image, mask, xy, words), mask[:, None])[..., extra:]
         # Text questions only, so the head on this backbone pass is the whole model's answer.
         answers = model.answer_head(fused.cls, question, image, mask, xy, words=words).argmax(-1).tolist()
         for s, p, w, a in zip(part, pointer, weights, answers):
@@ -98,7 +93,7 @@ def probe(qa: QAPredictor, data_dir: Path, split: str, per_family: int, batch_si
             mass[family].append(float(p[held].sum()))
             right[family].append(qa.answers[a] == s["answer"])
             if family in ("closest", "furthest"):
-                scene = [scene_object(o) for o in objects]
+                scene = [Obj.from_meta(o) for o in objects]
                 other = extreme_object(scene[objects.index(named)], scene, image_cfg.size, family == "furthest")
                 answer = objects[scene.index(other)]
                 on_answer = w[:, torch.from_numpy(object_tokens(answer, image_cfg.size, image_cfg.patch_size))].sum(-1)

@@ -309,3 +309,12 @@ def test_every_word_is_in_the_bank_for_every_voice(free):
         info = sf.info(BANK / voice["file"])
         assert info.samplerate == 16000
         assert all(0 <= a < b <= info.frames for a, b in voice["offsets"].values())
+
+
+def test_objects_come_back_from_their_metadata():
+    from omniformer.data.shapes.scene import Obj, sample_scene
+    rng = np.random.default_rng(0)
+    for layout in ("free", "grid"):
+        for _ in range(20):
+            objects = sample_scene(rng, 64, 2, 6, layout)
+            assert [Obj.from_meta(o.to_meta()) for o in objects] == objects, layout

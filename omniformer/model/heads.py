@@ -253,8 +253,8 @@ class AnchorRelation(nn.Module):
         scores = scores.float().masked_fill(~image_mask[None], torch.finfo(torch.float32).min)
         return scores.logsumexp(-1)
 
-    def relate(self, asked: Tensor, image: Tensor, image_mask: Tensor, coordinates: Tensor,
-               words: BagOfWords | None = None) -> Tensor:
+    def pair_scores(self, asked: Tensor, image: Tensor, image_mask: Tensor, coordinates: Tensor,
+                    words: BagOfWords | None = None) -> Tensor:
         """(B, heads, N): g's score for every image token against the anchor (arguments as in
         ``forward``)."""
         pointer = self.point(asked, image, image_mask, words)                        # (B, N)
@@ -276,7 +276,7 @@ class AnchorRelation(nn.Module):
         [the selected tokens (B, width), the counts (B, heads)]."""
         B, N, W = image.shape
         h, d = self.heads, W // self.heads
-        scores = self.relate(asked, image, image_mask, coordinates, words)          # (B, heads, N)
+        scores = self.pair_scores(asked, image, image_mask, coordinates, words)     # (B, heads, N)
         valid = image_mask[:, None, :]
         weights = masked_softmax(scores, valid)
         selected = (weights[..., None] * image.view(B, N, h, d).transpose(1, 2)).sum(2).reshape(B, W)

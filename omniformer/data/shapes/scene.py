@@ -50,6 +50,13 @@ class Obj:
             meta["cell"] = list(self.cell)
         return meta
 
+    @classmethod
+    def from_meta(cls, meta: dict) -> "Obj":
+        """The object ``to_meta`` described (its box back from its centre and side)."""
+        cell = tuple(meta["cell"]) if meta.get("cell") is not None else None
+        return cls(meta["colour"], meta["shape"], int(round(meta["x"] - meta["size"] / 2)),
+                   int(round(meta["y"] - meta["size"] / 2)), meta["size"], cell)
+
 
 def _boxes_apart(a: tuple[int, int, int], b: tuple[int, int, int], gap: int) -> bool:
     (ax, ay, asz), (bx, by, bsz) = a, b
