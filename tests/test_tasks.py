@@ -116,7 +116,9 @@ def test_guided_matching_pretrains_the_head_that_qa_answers_with(tmp_path, monke
         monkeypatch.setattr(pretrain, "hard_negative_indices", lambda sim, generator=None: partner)
         loss, _ = model._guided_matching(b, fused, b["text_mask"].any(1) & b["image_mask"],
                                          torch.zeros(len(rows), len(rows)), hard=True)
-        caption = model.backbone.pool(*model.backbone.embedders["text"](b))[rows]
+        text = model.backbone.embedders["text"]
+        table = text.ln(text.token.weight + text.type_embedding)   # each word as the embedder outputs it
+        caption = torch.stack([table[b["text"][r][b["text_mask"][r]].unique()].mean(0) for r in rows.tolist()])
         image, mask = (t[rows] for t in fused.embedded["image"])
         zeros = torch.zeros_like(caption)
         pos = head(zeros, {"text": caption}, image, mask).squeeze(-1)

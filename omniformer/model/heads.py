@@ -27,6 +27,17 @@ class BagOfWords(NamedTuple):
     said: Tensor
     vectors: Tensor
 
+    @classmethod
+    def written(cls, ids: Tensor, mask: Tensor, vectors: Tensor) -> "BagOfWords":
+        """Token ids (B, L) with mask (B, L) -> each vocabulary word said (1) or not (0)."""
+        mask = mask.to(vectors.dtype)
+        said = mask.new_zeros(ids.size(0), vectors.size(0)).scatter_add(1, ids, mask).clamp(max=1.0)
+        return cls(said, vectors)
+
+    def mean(self) -> Tensor:
+        """(B, width): the mean of the vectors of the words said, each weighed by how surely."""
+        return (self.said @ self.vectors) / self.said.sum(-1, keepdim=True).clamp(min=1.0)
+
 
 class MLMHead(nn.Module):
     """dense -> GELU -> LayerNorm -> decoder tied to the token embedding (+ bias).

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, ObjectiveConfig
-from ..model import (ContrastiveHead, GuidedAnswerHead, MaskedPatchHead, MatchingHead, MLMHead, Omniformer, WordSpotter,
-                     init_weights)
+from ..model import (BagOfWords, ContrastiveHead, GuidedAnswerHead, MaskedPatchHead, MatchingHead, MLMHead, Omniformer,
+                     WordSpotter, init_weights)
 from ..objectives import (hard_negative_indices, info_nce, mask_tokens, masked_patch_loss, matching_loss,
                           word_presence_loss)
 
@@ -171,15 +171,17 @@ class PretrainingModel(nn.Module):
 
     def _guided_matching(self, batch, fused, both, image_text_sim, hard: bool):
         """Each caption with its own image vs with another (a hard negative: an image its text is
-        similar to). The caption is read unmasked, from the text embedder; images are the
-        embedded tokens of this step's pass, so negatives cost no fusion pass. No [CLS] is given
-        (zeros): a [CLS] of the true pair would give the answer away."""
+        similar to). The caption is read unmasked, as its bag of words, the way QA reads a
+        question (``QAModel._question``); images are the embedded tokens of this step's pass, so
+        negatives cost no fusion pass. No [CLS] is given (zeros): a [CLS] of the true pair would
+        give the answer away."""
         text_to_image = image_text_sim.t()
         partner = hard_negative_indices(text_to_image if hard else torch.zeros_like(text_to_image))
         if partner is None:
             return None
         rows = both.nonzero().squeeze(1)
-        caption = self.backbone.pool(*self.backbone.embedders["text"](batch))[rows]
+        text = self.backbone.embedders["text"]
+        caption = BagOfWords.written(batch["text"], batch["text_mask"], text.word_vectors()).mean()[rows]
         image, image_mask = (t[rows] for t in fused.embedded["image"])
         no_cls = caption.new_zeros(caption.shape)
 

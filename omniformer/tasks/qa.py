@@ -148,9 +148,8 @@ class QAModel(nn.Module):
         text = self.backbone.embedders["text"] if "text" in self.backbone.embedders else None
         vectors = None if text is None else text.word_vectors()             # (vocab, width)
         if "text" in fused.embedded:
-            ids, mask = batch["text"], batch["text_mask"].to(vectors.dtype)
-            said = mask.new_zeros(ids.size(0), vectors.size(0)).scatter_add(1, ids, mask).clamp(max=1.0)
-            question["text"] = (said @ vectors) / said.sum(-1, keepdim=True).clamp(min=1.0)
+            written = BagOfWords.written(batch["text"], batch["text_mask"], vectors)
+            question["text"], said = written.mean(), written.said
         if "audio" in fused.unimodal and self.word_spotter is None:
             question["audio"] = Omniformer.pool(*fused.unimodal["audio"])
         elif "audio" in batch:
@@ -160,7 +159,7 @@ class QAModel(nn.Module):
             # Calibrated: the spotter's loss weighs words said SAID_WEIGHT times, which lifts its
             # logits by log(SAID_WEIGHT).
             heard = torch.sigmoid(word_logits - math.log(SAID_WEIGHT)).detach()
-            spoken = (heard @ vectors) / heard.sum(-1, keepdim=True).clamp(min=1.0)
+            spoken = BagOfWords(heard, vectors).mean()
             if "text" in question:  # a row asked in text too reads its words as written
                 written = batch["text_mask"].bool().any(1, keepdim=True)
                 spoken, heard = spoken.masked_fill(written, 0.0), heard.masked_fill(written, 0.0)
