@@ -15,6 +15,8 @@
 # PRETRAIN_LIMIT and FINETUNE_LIMIT (seconds; 450 and 470) interrupt the recipe's run so that
 # it saves its last checkpoint (--resume continues it) and the stage still returns its files.
 # PAIR=0 leaves the 10%-label run out (the recipe's run then has the GPU to itself).
+# The figures in benchmarks/README.md are from 2026-11-29, when the recipe's model was width 192,
+# depth 6 (pass --model.width=192 --model.depth=6 --model.heads=6 in EXTRA_* to repeat them).
 set -uo pipefail
 stage=${1:?pretrain or finetune}
 out=${2:?output folder}
