@@ -161,8 +161,8 @@ class QAModel(nn.Module):
             heard = torch.sigmoid(word_logits - math.log(SAID_WEIGHT)).detach()
             spoken = BagOfWords(heard, vectors).mean()
             if "text" in question:  # a row asked in text too reads its words as written
-                written = batch["text_mask"].bool().any(1, keepdim=True)
-                spoken, heard = spoken.masked_fill(written, 0.0), heard.masked_fill(written, 0.0)
+                in_text = batch["text_mask"].bool().any(1, keepdim=True)
+                spoken, heard = spoken.masked_fill(in_text, 0.0), heard.masked_fill(in_text, 0.0)
             question["text"] = question.get("text", 0.0) + spoken
             said = heard if said is None else said + heard
         return question, word_logits, None if said is None else BagOfWords(said, vectors)
