@@ -30,7 +30,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 fi
-omni() { python3 -m omniformer.cli "$@"; }
+omni=(python3 -m omniformer.cli)  # an array, so that `timeout` can run it too
 config=configs/shapes-full.yaml
 pretrained=runs/shapes-full/pretrain/last
 pair=(--label_fraction=0.1 --finetune.steps=4000 --finetune.curriculum_steps=700 --finetune.workers=4
@@ -51,16 +51,16 @@ ensure_data(load_config('$config'), progress=False)" || exit 1
 pair_run() {
   local name=$1; shift
   mkdir -p runs/full-$name
-  { timeout -s INT "$(left "${STAGE_LIMIT:-520}")" python3 -m omniformer.cli finetune --config $config \
+  { timeout -s INT "$(left "${STAGE_LIMIT:-520}")" "${omni[@]}" finetune --config $config \
       --out_dir=runs/full-$name "${pair[@]}" "$@" ${EXTRA_FINETUNE:-} >runs/full-$name/run.log 2>&1
     log "$name: fine-tuning rc $?"
     grep "^\[finetune\]" runs/full-$name/run.log | cut -c1-120 | tail -n 4
-    omni evaluate --model runs/full-$name/qa/best --workers 4 --json "$out/${name}_test.json" >>runs/full-$name/run.log 2>&1
+    "${omni[@]}" evaluate --model runs/full-$name/qa/best --workers 4 --json "$out/${name}_test.json" >>runs/full-$name/run.log 2>&1
     log "$name: test split rc $?"; } &
 }
 finetune_recipe() {  # finetune_recipe LIMIT [flags]: the recipe's fine-tuning from the pretraining
   local limit=$1; shift
-  timeout -s INT "$limit" python3 -m omniformer.cli finetune --config $config --init $pretrained \
+  timeout -s INT "$limit" "${omni[@]}" finetune --config $config --init $pretrained \
     --finetune.workers=9 --finetune.progress=false "$@" ${EXTRA_FINETUNE:-} >>"$out/finetune.log" 2>&1
   local rc=$?; log "fine-tuning: rc $rc (124: stopped at the limit, resumable)"
   grep "^\[finetune\]" "$out/finetune.log" | cut -c1-220 | tail -n 14
@@ -77,7 +77,7 @@ pretrain)
   python3 -c "import torch, soundfile, soxr, tokenizers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
   make_data
   [ "${PAIR:-1}" != 0 ] && pair_run scratch10
-  timeout -s INT "${PRETRAIN_LIMIT:-240}" python3 -m omniformer.cli pretrain --config $config --pretrain.workers=8 \
+  timeout -s INT "${PRETRAIN_LIMIT:-240}" "${omni[@]}" pretrain --config $config --pretrain.workers=8 \
     --pretrain.progress=false ${EXTRA_PRETRAIN:-} >"$out/pretrain.log" 2>&1
   log "pretraining: rc $? (124: stopped at the limit)"
   grep "^\[pretrain\]" "$out/pretrain.log" | cut -c1-220 | tail -n 6
@@ -100,7 +100,7 @@ resume)
   fi
   make_data
   finetune_recipe "$(left "${STAGE_LIMIT:-400}")" --resume
-  omni evaluate --model runs/shapes-full/qa/best --workers 12 --json "$out/full_test.json" | tail -n 25
+  "${omni[@]}" evaluate --model runs/shapes-full/qa/best --workers 12 --json "$out/full_test.json" | tail -n 25
   log "test split evaluated"
   pack runs/shapes-full/qa/last runs/shapes-full/qa/best runs/shapes-full/qa/tb
   ;;
