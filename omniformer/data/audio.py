@@ -7,7 +7,6 @@ neither; the tests check it against both.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import re
@@ -19,6 +18,7 @@ import soxr
 import torch
 
 from ..config import AudioConfig
+from .manifest import write_manifest
 
 
 class AudioError(ValueError):
@@ -293,7 +293,9 @@ def audio_folder_manifest(folder: str | Path, out_path: str | Path, label_from: 
         raise AudioError(f"{folder}: folder does not exist")
     files = sorted((p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()),
                    key=lambda p: p.relative_to(folder).as_posix())
-    lines = []
+    if not files:  # an empty or mistyped folder would otherwise fail much later, in training
+        raise AudioError(f"{folder}: no audio files; expected {', '.join(AUDIO_SUFFIXES)} files in it or its sub-folders")
+    samples = []
     for path in files:
         rel_to_folder = path.relative_to(folder).with_suffix("").as_posix()
         sample: dict = {"id": rel_to_folder,
@@ -306,7 +308,6 @@ def audio_folder_manifest(folder: str | Path, out_path: str | Path, label_from: 
             sample.update(label=path.parent.name, split="train")
         else:
             sample["split"] = "train"
-        lines.append(json.dumps(sample, ensure_ascii=False, separators=(",", ":")) + "\n")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text("".join(lines), encoding="utf-8")
-    return len(lines)
+        samples.append(sample)
+    write_manifest(out_path, samples)  # atomically: a failed run leaves an earlier manifest whole
+    return len(samples)
