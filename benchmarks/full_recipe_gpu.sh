@@ -86,7 +86,7 @@ pretrain)
   wait
   for name in scratch10 pretrained10; do
     [ -f "$out/${name}_test.json" ] && python3 -c "
-import json; m = json.load(open('$out/${name}_test.json'))['metrics']
+import json; m = json.load(open('$out/${name}_test.json'))
 print('$name', ', '.join(f'{k} {100 * m[k]:.1f}' for k in
       ('text/accuracy', 'text/non_relational', 'text/relational', 'spoken/accuracy')))"
   done

@@ -13,24 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, load_config
-
-RECIPES = Path(__file__).parent / "configs"
-
-
-def recipe_path(name: str | None) -> Path | None:
-    """A YAML path, or the name of a built-in recipe (``quickstart``, ``shapes-full``)."""
-    if name is None:
-        return None
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return path
-    builtin = RECIPES / f"{name}.yaml"
-    if builtin.is_file():
-        return builtin
-    known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
-    raise ConfigError(f"--config {name!r}: no such file or built-in recipe; built-in recipes: {', '.join(known)}")
-
+from .config import RECIPES, ConfigError, load_config, recipe_path
 
 def _load(args, overrides: list[str], default: str | None = "quickstart"):
     return load_config(recipe_path(args.config or default), overrides)
@@ -40,6 +23,13 @@ def _count(text: str) -> int:
     """argparse type: a whole number >= 0."""
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)
 
 
@@ -87,8 +77,32 @@ def cmd_data_check(args, overrides) -> int:
 
 def cmd_data_audio_folder(args, overrides) -> int:
     from .data.audio import audio_folder_manifest
-    n = audio_folder_manifest(args.folder, args.out)
+    n = audio_folder_manifest(args.folder, args.out, label_from=args.label_from)
     print(f"wrote {args.out}: {n} recordings")
+    return 0
+
+
+def _print_summary(summary, took: str = "") -> None:
+    """A FolderSummary: its warnings on stderr, then the counts per label and split."""
+    for warning in summary.warnings:
+        print(f"omniformer data: warning: {warning}", file=sys.stderr)
+    print(f"wrote {summary.manifest}: {summary.total} images, {len(summary.labels)} classes{took}")
+    print(summary.table())
+
+
+def cmd_data_image_folder(args, overrides) -> int:
+    from .data.folders import image_folder_manifest
+    summary = image_folder_manifest(args.folder, args.out, val_fraction=args.val_fraction,
+                                    test_fraction=args.test_fraction, seed=args.seed)
+    _print_summary(summary)
+    return 0
+
+
+def cmd_data_idx(args, overrides) -> int:
+    from .data.folders import idx_manifest
+    start = time.perf_counter()
+    summary = idx_manifest(args.images, args.labels, args.out, splits=args.splits)
+    _print_summary(summary, f" in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -106,29 +120,104 @@ def cmd_data_tokenizer(args, overrides) -> int:
 # training and use
 # ---------------------------------------------------------------------------------------------
 
-def cmd_pretrain(args, overrides) -> int:
-    from .tasks.pipeline import pretrain
-    cfg = _load(args, overrides)
-    path = pretrain(cfg, resume=args.resume)
-    print(f"pretrained checkpoint: {path}")
+def _guard_out_dir(cfg, task: str, args) -> None:
+    """Refuse to overwrite an earlier run's model unless asked: a second run on other data would
+    otherwise replace it without a word."""
+    out = Path(cfg.out_dir) / task
+    if not getattr(args, "resume", False) and not getattr(args, "overwrite", False) and (out / "last").exists():
+        raise FileExistsError(f"{out} already holds a trained model; continue it with --resume, replace it with "
+                              f"--overwrite, or write elsewhere with --out_dir=DIR")
+
+
+def cmd_train(args, overrides) -> int:
+    from .registry import get_task
+    task = get_task(args.task)
+    cfg = _load(args, overrides, default=task.recipe or "quickstart")
+    task.config(cfg)  # the task section is checked now, not after the data is made
+    _guard_out_dir(cfg, task.name, args)
+    path = task.train(cfg, init=args.init, resume=args.resume)
+    print(f"{task.name} checkpoint: {path}")
+    print(f"evaluate it with: omniformer evaluate --model {path}")
     return 0
+
+
+def cmd_pretrain(args, overrides) -> int:
+    args.task, args.init = "pretrain", None
+    return cmd_train(args, overrides)
 
 
 def cmd_finetune(args, overrides) -> int:
-    from .tasks.pipeline import finetune
-    cfg = _load(args, overrides)
-    path = finetune(cfg, init=args.init, resume=args.resume)
-    print(f"fine-tuned QA checkpoint: {path}")
-    return 0
+    args.task = "qa"
+    return cmd_train(args, overrides)
+
+
+def _checkpoint_config(model_dir: str, overrides: list[str]):
+    """The recipe a checkpoint was trained with, with ``--section.key=value`` overrides applied
+    (data and evaluation settings only: the architecture is the checkpoint's)."""
+    from .config import RunConfig, from_dict, merge, parse_overrides, to_dict
+    from .train import checkpoint as ckpt
+    meta = ckpt.read_meta(model_dir)
+    update = parse_overrides(overrides) if overrides else {}
+    if "model" in update:
+        raise ConfigError(f"--model.*: the architecture is the checkpoint's ({model_dir}); only data and "
+                          "evaluation settings can be overridden here")
+    base = meta.get("config", {})
+    try:
+        return from_dict(RunConfig, merge(to_dict(from_dict(RunConfig, base)), update))
+    except ConfigError as e:
+        raise ConfigError(f"{model_dir}: {e}") from None
 
 
 def cmd_evaluate(args, overrides) -> int:
-    from .tasks.pipeline import evaluate
-    ways = tuple(w for w in args.ways.split(",") if w)
-    result = evaluate(args.model, args.manifest, args.split, ways=ways, device=args.device, workers=args.workers)
-    print_table(result.metrics, f"{args.model} on {args.split} ({result.samples} questions, "
-                                f"{result.seconds:.1f} s)")
-    _write_json(args.json, {"split": args.split, "samples": result.samples, "metrics": result.metrics})
+    from .registry import task_of_checkpoint
+    task = task_of_checkpoint(args.model)
+    cfg = _checkpoint_config(args.model, overrides)
+    extra = {}
+    if task.name == "qa":
+        extra["ways"] = tuple(w for w in args.ways.split(",") if w)
+    result = task.evaluate(args.model, args.manifest, args.split, device=args.device, workers=args.workers,
+                           cfg=cfg if overrides else None, **extra)
+    print(f"\n{args.model} ({task.name}) on {args.split}: {result.samples} samples, {result.seconds:.1f} s")
+    print(task.report(result, Path(args.json).parent if args.json else None))
+    _write_json(args.json, result.to_json())
+    return 0
+
+
+def cmd_predict(args, overrides) -> int:
+    from .registry import task_of_checkpoint
+    task = task_of_checkpoint(args.model)
+    parser = argparse.ArgumentParser(prog=f"omniformer predict --model {args.model}",
+                                     description=f"inputs of the {task.name} task")
+    task.add_predict_arguments(parser)
+    task_args = parser.parse_args(args.task_args)
+    predictor = task.load(args.model, device=str(_device(args.device)))
+    result = task.predict_from_args(predictor, task_args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(task.format_prediction(result))
+    return 0
+
+
+def _device(name: str):
+    from .train.loop import resolve_device
+    return resolve_device(name)
+
+
+def cmd_recipes(args, overrides) -> int:
+    """Print the built-in recipes, or one recipe with every key (defaults included)."""
+    from .config import save_config
+    if args.name is None:
+        print("built-in recipes (omniformer recipes NAME prints one with every key):")
+        for path in sorted(RECIPES.glob("*.yaml")):
+            first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+            print(f"  {path.stem:<18} {first}")
+        return 0
+    cfg = load_config(recipe_path(args.name), overrides)
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        save_config(cfg, Path(tmp) / "recipe.yaml")
+        print((Path(tmp) / "recipe.yaml").read_text(), end="")
     return 0
 
 
@@ -182,35 +271,86 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("audio-folder", help="write a manifest for a folder of recordings (FSDD naming)")
     p.add_argument("folder")
     p.add_argument("--out", required=True)
+    p.add_argument("--label-from", choices=["digit", "folder"], default="digit", dest="label_from",
+                   help="digit: FSDD names {digit}_{speaker}_{index}, takes 0-4 are test (default); "
+                        "folder: the parent folder's name")
     p.set_defaults(func=cmd_data_audio_folder)
+    p = data.add_parser("image-folder", help="write a manifest for class folders of images (DIR/<class>/*.png, "
+                                             "or DIR/{train,val,test}/<class>/*.png)")
+    p.add_argument("folder")
+    p.add_argument("--out", required=True, help="manifest path (.jsonl); image paths are written relative to it")
+    p.add_argument("--val-fraction", type=float, dest="val_fraction",
+                   help="share of each class drawn for val (default 0.1; not with train/val/test folders)")
+    p.add_argument("--test-fraction", type=float, dest="test_fraction",
+                   help="share of each class drawn for test (default 0.1; not with train/val/test folders)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split draw")
+    p.set_defaults(func=cmd_data_image_folder)
+    p = data.add_parser("idx", help="unpack IDX images and labels (MNIST format, gzipped or not) into PNGs "
+                                    "and a manifest")
+    p.add_argument("images", help="IDX images file (magic 0x00000803)")
+    p.add_argument("labels", help="IDX labels file (magic 0x00000801)")
+    p.add_argument("--out", required=True, help="output folder: images/ and manifest.jsonl")
+    p.add_argument("--splits", help="half-open index ranges, e.g. train=0:8000,test=8000:10000; indices "
+                                    "outside every range are left out (default: all train)")
+    p.set_defaults(func=cmd_data_idx)
     p = data.add_parser("tokenizer", help="train a WordPiece tokenizer on a manifest's text")
     p.add_argument("manifest")
     p.add_argument("--out", required=True, help="tokenizer.json path or folder")
     p.add_argument("--vocab-size", type=int, default=1000, dest="vocab_size")
     p.set_defaults(func=cmd_data_tokenizer)
 
-    for name, func, helptext in [("pretrain", cmd_pretrain, "pretrain on captions: MLM, matching, contrastive"),
-                                 ("finetune", cmd_finetune, "fine-tune question answering"),
+    from .registry import task_names
+    recipe_help = ("YAML recipe or built-in recipe name (default: the task's own; "
+                   "'omniformer recipes NAME' prints one with every key)")
+    keys_epilog = ("Any recipe key can be overridden as --section.key=value, e.g. --finetune.steps=200 "
+                   "--data.manifest=my.jsonl; 'omniformer recipes quickstart' lists every key with its default.")
+    p = sub.add_parser("train", help="train a registered task from a recipe", epilog=keys_epilog)
+    p.add_argument("task", choices=task_names(), help="the task to train")
+    p.add_argument("--config", help=recipe_help)
+    p.add_argument("--init", help="start from this checkpoint (pretraining or imported towers)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier model in out_dir")
+    p.set_defaults(func=cmd_train)
+
+    for name, func, helptext in [("pretrain", cmd_pretrain, "pretrain on captions: MLM, matching, contrastive "
+                                                            "(the same as 'train pretrain')"),
+                                 ("finetune", cmd_finetune, "fine-tune question answering (the same as 'train qa')"),
                                  ("quickstart", cmd_quickstart, "the main job: data, tokenizer, pretrain, "
                                                                 "fine-tune, evaluate, example answers")]:
-        p = sub.add_parser(name, help=helptext)
+        p = sub.add_parser(name, help=helptext, epilog=keys_epilog)
         p.add_argument("--config", help="YAML recipe or built-in recipe name (default: quickstart)")
         p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+        if name != "quickstart":
+            p.add_argument("--overwrite", action="store_true", help="replace an earlier model in out_dir")
         if name == "finetune":
             p.add_argument("--init", help="pretrained checkpoint folder (default: train from scratch)")
         if name == "quickstart":
             p.add_argument("--json", help="also write the metrics as JSON here")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("evaluate", help="QA accuracy by family, relational, text vs spoken, held-out voice")
-    p.add_argument("--model", required=True, help="QA checkpoint folder")
+    p = sub.add_parser("evaluate", help="a checkpoint's metrics on a split, whatever its task",
+                       epilog="Data settings can be overridden as --section.key=value, e.g. --data.manifest=other.jsonl")
+    p.add_argument("--model", required=True, help="checkpoint folder (its task is read from it)")
     p.add_argument("--manifest", help="default: the data the model was trained on")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--ways", default="text,audio", help="ask in text, audio or both (comma-separated)")
+    p.add_argument("--ways", default="text,audio", help="qa: ask in text, audio or both (comma-separated)")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, mps...")
     p.add_argument("--workers", type=_count, default=2, help="processes that read and preprocess the samples")
-    p.add_argument("--json", help="also write the metrics as JSON here")
+    p.add_argument("--threads", type=_positive, help="torch threads (default: torch's own)")
+    p.add_argument("--json", help="also write the metrics as JSON here (top-level keys named for the metric)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="one prediction from a checkpoint, whatever its task",
+                       epilog="The task's own inputs follow: 'omniformer predict --model DIR --help' lists them")
+    p.add_argument("--model", required=True, help="checkpoint folder (its task is read from it)")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, mps...")
+    p.add_argument("--threads", type=_positive, help="torch threads (default: torch's own)")
+    p.add_argument("--json", action="store_true", help="print the prediction as JSON")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("recipes", help="list the built-in recipes, or print one with every key and default")
+    p.add_argument("name", nargs="?", help="a built-in recipe name or a YAML file")
+    p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("ask", help="answer one question about an image, asked in text or speech")
     p.add_argument("--model", required=True, help="QA checkpoint folder")
@@ -243,16 +383,27 @@ def _extensions():
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["predict"]:  # the task's own options are parsed once its checkpoint is known
+        args, rest = parser.parse_known_args(argv)
+        if "-h" in rest or "--help" in rest:
+            if args.model is None:
+                parser.parse_args(["predict", "--help"])
+        args.task_args, rest = rest, []
+    else:
+        args, rest = parser.parse_known_args(argv)
     overrides = [a for a in rest if a.startswith("--") and "=" in a]
     stray = [a for a in rest if a not in overrides]
     if stray:
         parser.error(f"unrecognised arguments: {' '.join(stray)} (recipe overrides look like --section.key=value)")
-    if overrides and args.command not in ("pretrain", "finetune", "quickstart"):
+    if overrides and args.command not in ("train", "pretrain", "finetune", "quickstart", "evaluate", "recipes"):
         parser.error(f"{args.command} takes no recipe overrides: {' '.join(overrides)}")
+    if getattr(args, "threads", None) and args.command in ("evaluate", "predict"):
+        import torch
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args, overrides)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, OSError) as e:
         print(f"omniformer {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -455,6 +455,9 @@ class DataConfig:
 class RunConfig:
     """A whole recipe: what the YAML files under configs/ hold."""
     out_dir: str = "runs/quickstart"
+    # The task's own section (its head and loss choices), read by the task's Config class
+    # (``omniformer.tasks.base.Task.config``); unknown keys are errors named ``task.KEY``.
+    task: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -490,6 +493,23 @@ class RunConfig:
         _check(not (hears_words and asked_by_voice) or self.spoken_words > 0,
                "spoken_words: must be > 0 with model.spoken_question=words: only the transcripts of spoken "
                "questions train the word spotter")
+
+
+RECIPES = Path(__file__).parent / "configs"
+
+
+def recipe_path(name: str | None) -> Path | None:
+    """A YAML path, or the name of a built-in recipe (``quickstart``, ``shapes-full``)."""
+    if name is None:
+        return None
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    builtin = RECIPES / f"{name}.yaml"
+    if builtin.is_file():
+        return builtin
+    known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    raise ConfigError(f"--config {name!r}: no such file or built-in recipe; built-in recipes: {', '.join(known)}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,

@@ -22,7 +22,10 @@ def test_qa_learns_counting(trained_qa):
            "--ways", "text", "--device", "cpu", "--workers", "1", "--json", str(out)]
     run = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert json.loads(out.read_text())["metrics"] == result.metrics
+    written = json.loads(out.read_text())  # every task's metrics at the top level, named for the metric
+    assert written["task"] == "qa" and written["split"] == "test" and written["samples"] == result.samples
+    assert {k: written[k] for k in result.metrics if k != "score"} == {k: v for k, v in result.metrics.items()
+                                                                       if k != "score"}
     bad = subprocess.run(cli[:-6] + ["--device", "gpu0"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "'gpu0' is not a device name" in bad.stderr
     bad = subprocess.run(cli[:-6] + ["--workers", "-1"], capture_output=True, text=True, cwd=ROOT)

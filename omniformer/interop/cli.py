@@ -1,12 +1,11 @@
-"""``omniformer import`` (Hugging Face checkpoints -> towers) and ``omniformer export`` (QA -> ONNX)."""
+"""``omniformer import`` (Hugging Face checkpoints -> towers) and ``omniformer export`` (a task's graph -> ONNX)."""
 from __future__ import annotations
 
 import argparse
 
 
 def cmd_import(args, overrides) -> int:
-    from ..cli import recipe_path
-    from ..config import load_config
+    from ..config import load_config, recipe_path
     from .hf import import_pretrained
     sources = {m: getattr(args, m) for m in ("text", "image", "audio") if getattr(args, m)}
     cfg = load_config(recipe_path(args.config or "from-pretrained"))
@@ -39,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="keep initial weights where checkpoint tensors are missing")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("export", help="export a fine-tuned QA checkpoint (ONNX)")
-    p.add_argument("--model", required=True, help="QA checkpoint folder")
+    p = sub.add_parser("export", help="export a trained checkpoint of any task with an ONNX graph (qa, classify)")
+    p.add_argument("--model", required=True, help="checkpoint folder (its task is read from it)")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
     p.add_argument("--opset", type=int, default=17)

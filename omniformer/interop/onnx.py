@@ -1,6 +1,6 @@
-"""Export a fine-tuned QA model to ONNX.
+"""Export any task's model to ONNX, through the graph its task declares (``Task.export_graph``).
 
-The graph takes the batch tensors the model takes, as named inputs (only the modalities the
+A task graph takes the batch tensors the model takes, as named inputs (only the modalities the
 model was built with)::
 
     text        int64  (batch, text_len)        token ids, right-padded with the pad id
@@ -10,10 +10,10 @@ model was built with)::
     audio       float  (batch, n_mels, frames)  log-mel features (AudioPreprocessor)
     audio_mask  bool   (batch, frames)          True on real frames
 
-and returns ``logits`` (batch, answers). Batch, text length and audio frames are dynamic.
+and returns ``logits`` (batch, answers or labels). Batch, text length and audio frames are dynamic.
 Every input is required: a sample without a question in text gets an all-False ``text_mask``
 row (and likewise for audio); a batch without any text still needs a (batch, 1) text input.
-A JSON sidecar (``<out>.json``) holds the answer vocabulary and the preprocessing settings.
+A JSON sidecar (``<out>.json``) holds the task, its output vocabulary and the preprocessing settings.
 
 The exporter is TorchScript-based (``torch.onnx.export(..., dynamo=False)``): it handles the
 data-dependent masks without extra dependencies.
@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig, to_dict
+from ..tasks.base import ExportGraph
 
 INPUTS = ("text", "text_mask", "image", "image_mask", "audio", "audio_mask")
 DYNAMIC = {"text": {0: "batch", 1: "text_len"}, "text_mask": {0: "batch", 1: "text_len"},
@@ -36,16 +37,27 @@ DYNAMIC = {"text": {0: "batch", 1: "text_len"}, "text_mask": {0: "batch", 1: "te
            "audio": {0: "batch", 2: "frames"}, "audio_mask": {0: "batch", 1: "frames"}}
 
 
-class QAGraph(nn.Module):
-    """A QA model with positional tensor inputs (what ONNX needs) instead of a batch dict."""
+class BatchGraph(nn.Module):
+    """A task model that reads a batch dict, with positional tensor inputs (what ONNX needs)
+    and one output tensor taken from its result dict."""
 
-    def __init__(self, model: nn.Module, modalities: list[str]):
+    def __init__(self, model: nn.Module, modalities: list[str], output: str = "logits"):
         super().__init__()
-        self.model, self.modalities = model, list(modalities)
+        self.model, self.modalities, self.output = model, list(modalities), output
         self.input_names = [n for n in INPUTS if n.split("_")[0] in self.modalities]
 
     def forward(self, *tensors: Tensor) -> Tensor:
-        return self.model(dict(zip(self.input_names, tensors)))["logits"]
+        return self.model(dict(zip(self.input_names, tensors)))[self.output]
+
+
+def batch_graph(model: nn.Module, cfg: ModelConfig, sidecar: dict[str, Any] | None = None) -> ExportGraph:
+    """The usual graph of a task model: the modalities' batch tensors in, ``logits`` out."""
+    graph = BatchGraph(model, cfg.modalities).eval()
+    # Batch 2 and real padding, so no shape is specialised to 1 and the mask paths are traced.
+    inputs = example_inputs(cfg, batch=2)
+    return ExportGraph(graph, {n: inputs[n] for n in graph.input_names}, ["logits"],
+                       {**{n: DYNAMIC[n] for n in graph.input_names}, "logits": {0: "batch"}},
+                       {"model": to_dict(cfg), **(sidecar or {})})
 
 
 def example_inputs(cfg: ModelConfig, batch: int = 2, text_len: int | None = None, frames: int | None = None,
@@ -73,35 +85,34 @@ def example_inputs(cfg: ModelConfig, batch: int = 2, text_len: int | None = None
     return out
 
 
-def export_qa(model: nn.Module, cfg: ModelConfig, out: str | Path, opset: int = 17,
-              meta: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (a QAModel) as ONNX to ``out`` and its sidecar to ``out`` + ``.json``."""
+def export_graph(graph: ExportGraph, out: str | Path, opset: int = 17) -> Path:
+    """Write ``graph`` as ONNX to ``out`` and its sidecar to ``out`` + ``.json``."""
     if opset < 17:
         raise ValueError(f"opset must be >= 17 (LayerNormalization), got {opset}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    graph = QAGraph(model, cfg.modalities).eval()
-    # Batch 2 and real padding, so no shape is specialised to 1 and the mask paths are traced.
-    inputs = example_inputs(cfg, batch=2)
-    args = tuple(inputs[n] for n in graph.input_names)
+    names = list(graph.inputs)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about shape checks turned into constants
-        torch.onnx.export(graph, args, str(out), input_names=graph.input_names, output_names=["logits"],
-                          dynamic_axes={**{n: DYNAMIC[n] for n in graph.input_names}, "logits": {0: "batch"}},
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
-    sidecar = {"inputs": graph.input_names, "outputs": ["logits"], "opset": opset, "model": to_dict(cfg),
-               **(meta or {})}
+        torch.onnx.export(graph.module.eval(), tuple(graph.inputs.values()), str(out), input_names=names,
+                          output_names=graph.outputs, dynamic_axes=graph.dynamic_axes, opset_version=opset,
+                          dynamo=False, do_constant_folding=True)
+    sidecar = {"inputs": names, "outputs": graph.outputs, "opset": opset, **graph.sidecar}
     Path(str(out) + ".json").write_text(json.dumps(sidecar, indent=2))
     return out
 
 
+def export_qa(model: nn.Module, cfg: ModelConfig, out: str | Path, opset: int = 17,
+              meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (a QAModel) as ONNX to ``out`` and its sidecar to ``out`` + ``.json``."""
+    return export_graph(batch_graph(model, cfg, {"task": "qa", **(meta or {})}), out, opset)
+
+
 def export_checkpoint(model_dir: str | Path, out: str | Path, opset: int = 17) -> Path:
-    """Export a fine-tuned QA checkpoint folder (what ``omniformer finetune`` writes)."""
-    from ..tasks.qa import QAPredictor
-    predictor = QAPredictor.load(model_dir)
-    return export_qa(predictor.model, predictor.cfg.model, out, opset,
-                     meta={"answers": predictor.answers, "model_id": predictor.model_id,
-                           "text_max_len": predictor.cfg.model.text.max_len})
+    """Export a trained checkpoint folder through its task's graph (the task is read from it)."""
+    from ..registry import task_of_checkpoint
+    task = task_of_checkpoint(model_dir)
+    return export_graph(task.export_graph(task.load(model_dir)), out, opset)
 
 
 def onnx_session(path: str | Path, threads: int = 0):

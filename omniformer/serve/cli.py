@@ -1,4 +1,4 @@
-"""``omniformer serve``: the QA server (API, metrics and web page) under uvicorn."""
+"""``omniformer serve``: any task's checkpoint behind the HTTP API, metrics and web page, under uvicorn."""
 from __future__ import annotations
 
 import argparse
@@ -38,8 +38,8 @@ def cmd_serve(args, overrides) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("serve", help="serve a QA model: HTTP API, web page, Prometheus metrics")
-    p.add_argument("--model", required=True, help="QA checkpoint folder")
+    p = subparsers.add_parser("serve", help="serve a trained model (its task's routes): HTTP API, web page, Prometheus metrics")
+    p.add_argument("--model", required=True, help="checkpoint folder (its task is read from it)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=32, dest="max_batch", help="questions per model call (default 32)")

@@ -21,8 +21,8 @@ from ..train import checkpoint as ckpt
 from ..train.loop import fit, resolve_device, seed_everything
 from .common import audio_preprocessor, build_tokenizer, image_preprocessor, is_caption, is_qa, samples_by_split
 from .pretrain import PretrainingModel
-from .qa import TASK as QA_TASK
-from .qa import QAModel, evaluate_qa, qa_dataset
+from .qa.model import NAME as QA_TASK
+from .qa.model import QAModel, evaluate_qa, qa_dataset
 
 
 def ensure_data(cfg: RunConfig, progress: bool = True) -> Path:
@@ -191,7 +191,7 @@ def evaluate(model_dir: str | Path, manifest: str | Path | None = None, split: s
              ways: tuple[str, ...] = ("text", "audio"), device: str = "auto", workers: int = 0) -> Evaluation:
     """Accuracy of a QA checkpoint on a split of its manifest (or another manifest); ``workers``
     processes read and preprocess the samples (0: this one)."""
-    from .qa import QAPredictor
+    from .qa.model import QAPredictor
     predictor = QAPredictor.load(model_dir, device=str(resolve_device(device)))
     cfg = predictor.cfg
     manifest = Path(manifest) if manifest else ensure_data(cfg, progress=False)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, ObjectiveConfig
+from .base import Task, TaskError
 from ..model import (BagOfWords, ContrastiveHead, GuidedAnswerHead, MaskedPatchHead, MatchingHead, MLMHead, Omniformer,
                      WordSpotter, init_weights)
 from ..objectives import (hard_negative_indices, info_nce, mask_tokens, masked_patch_loss, matching_loss,
@@ -191,3 +192,22 @@ class PretrainingModel(nn.Module):
         pos_logits, neg_logits = judge(torch.arange(len(rows), device=rows.device)), judge(partner)
         accuracy = torch.cat([(pos_logits > 0).float(), (neg_logits < 0).float()]).mean()
         return matching_loss(pos_logits, neg_logits), accuracy
+
+
+class PretrainTask(Task):
+    """Multimodal pretraining as a task: it composes the losses of ``ObjectiveConfig`` over
+    whatever text, images and audio the manifest has; its checkpoints start the other tasks."""
+
+    name = "pretrain"
+    summary = "Multimodal pretraining: masked language modelling, matching, contrastive, masked patches."
+    recipe = "quickstart"
+    fields = ("image", "text", "audio", "question")
+
+    def train(self, cfg, init=None, resume: bool = False, progress: bool = True):
+        from .pipeline import pretrain
+        if init is not None:
+            raise TaskError("--init: pretraining starts from scratch or --resume; it takes no initial checkpoint")
+        return pretrain(cfg, resume=resume, progress=progress)
+
+
+TASK = PretrainTask()
