@@ -46,7 +46,8 @@ from omniformer.config import load_config
 from omniformer.data.manifest import read_manifest, resolve
 from omniformer.data.shapes import SHAPES
 from omniformer.data.text import Tokenizer
-from omniformer.model import GuidedAnswerHead, init_weights
+from omniformer.model import init_weights
+from omniformer.tasks.qa.heads import GuidedAnswerHead
 from omniformer.model.encoders import ImageEmbedder, TextEmbedder
 from omniformer.model.fusion import Omniformer
 from omniformer.objectives import matching_loss

@@ -43,7 +43,7 @@ import torch
 from omniformer.data.batching import collate
 from omniformer.data.shapes.language import extreme_object
 from omniformer.data.shapes.scene import Obj, render
-from omniformer.model.heads import masked_softmax
+from omniformer.tasks.qa.heads import masked_softmax
 from omniformer.tasks.qa import QAPredictor
 
 from common import write_json

@@ -41,8 +41,9 @@ import torch
 from omniformer.config import load_config
 from omniformer.data.batching import MultimodalDataset, collate
 from omniformer.data.shapes.scene import COLOURS
-from omniformer.model import Omniformer, WordSpotter
-from omniformer.objectives import word_presence_loss
+from omniformer.model import Omniformer
+from omniformer.tasks.qa.heads import WordSpotter
+from omniformer.tasks.qa.losses import word_presence_loss
 from omniformer.tasks.common import audio_preprocessor, build_tokenizer, is_caption, is_qa, samples_by_split
 
 

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from omniformer.config import AudioConfig, ImageConfig, ModelConfig, TextConfig
-from omniformer.model import (AnswerHead, AudioEmbedder, ContrastiveHead, ImageEmbedder, MaskedPatchHead, MatchingHead,
+from omniformer.model import (ClassifierHead, AudioEmbedder, ContrastiveHead, ImageEmbedder, MaskedPatchHead, MatchingHead,
                               MLMHead, Omniformer, TextEmbedder)
-from omniformer.objectives import SAID_WEIGHT
+from omniformer.tasks.qa.losses import SAID_WEIGHT
 
 
 def small_cfg(**kw) -> ModelConfig:
@@ -193,7 +193,7 @@ def test_padding_changes_no_real_token(norm):
 def test_tiny_overfit_answer_head():
     torch.manual_seed(0)
     cfg = small_cfg(depth=1, tower_depth=0, modalities=["text", "image"])
-    model, head = Omniformer(cfg), AnswerHead(cfg.width, 4)
+    model, head = Omniformer(cfg), ClassifierHead(cfg.width, 4)
     batch = make_batch(B=16, L=8)
     batch = {k: v for k, v in batch.items() if not k.startswith("audio")}
     # The answer depends on both modalities: first token parity xor sign of the image mean.
@@ -231,7 +231,7 @@ def test_heads():
     with torch.no_grad():
         head.logit_scale.fill_(10.0)
     assert abs(head.scale().item() - 100.0) < 1e-3
-    assert AnswerHead(32, 6)(torch.randn(2, 32)).shape == (2, 6)
+    assert ClassifierHead(32, 6)(torch.randn(2, 32)).shape == (2, 6)
     assert MaskedPatchHead(32, model.embedders["image"].patch_dim)(torch.randn(2, 16, 32)).shape == (2, 16, 48)
     assert model.embedders["audio"].patch_dim == 4 * 8
 
@@ -253,7 +253,7 @@ def test_flat_patches_are_left_out(cls_token):
 
 
 def test_guided_answer_head_ignores_padding_and_survives_no_image():
-    from omniformer.model import GuidedAnswerHead
+    from omniformer.tasks.qa.heads import GuidedAnswerHead
     torch.manual_seed(0)
     head = GuidedAnswerHead(32, 4, num_answers=5, question_modalities=["text"]).eval()
     cls, question = torch.randn(3, 32), {"text": torch.randn(3, 32)}
@@ -284,7 +284,7 @@ def test_image_token_coordinates_are_patch_centres_in_token_order():
 
 
 def test_relations_ignore_padding_and_need_coordinates():
-    from omniformer.model import GuidedAnswerHead
+    from omniformer.tasks.qa.heads import GuidedAnswerHead
     torch.manual_seed(0)
     head = GuidedAnswerHead(32, 4, num_answers=5, question_modalities=["text"], relations=True).eval()
     assert head.relate.gate.item() == 0.0                     # shut at the start: the head begins as without it
@@ -342,7 +342,7 @@ def test_relations_learn_which_object_is_closest_where_glimpses_cannot(monkeypat
     closest questions 0.94 right (ties on the grid, broken by position, cap it near 0.95);
     without its score linear in the distance (``reach``) 0.62 (0.78 at 1,000 steps, 0.92 at
     2,000); with one glimpse alone they stay near 0.55."""
-    from omniformer.model import AnchorRelation
+    from omniformer.tasks.qa.heads import AnchorRelation
     from omniformer.model.layers import sinusoidal_positions_2d
     torch.manual_seed(0)
     width, grid = 32, 6
@@ -365,7 +365,7 @@ def test_relations_learn_which_object_is_closest_where_glimpses_cannot(monkeypat
 
 def _train_closest_object_head(relations, width, words, positions, xy, steps=500):
     """(closest-question accuracy, shape-question accuracy) after ``steps`` steps of 128."""
-    from omniformer.model import GuidedAnswerHead
+    from omniformer.tasks.qa.heads import GuidedAnswerHead
     torch.manual_seed(1)
     head = GuidedAnswerHead(width, 4, 3, ["text"], relations=relations)
     optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
@@ -388,9 +388,9 @@ def test_grounding_loss_teaches_the_pointer_where_the_named_object_is():
     """Learning, on synthetic tokens: the pointer, read by the question's bag of words, learns
     from ``grounding_loss`` alone (no answers) to put its mass on the object the question
     names, though half the questions also say a relational word that names nothing seen."""
-    from omniformer.model import AnchorRelation, BagOfWords
+    from omniformer.tasks.qa.heads import AnchorRelation, BagOfWords
     from omniformer.model.layers import sinusoidal_positions_2d
-    from omniformer.objectives import grounding_loss
+    from omniformer.tasks.qa.losses import grounding_loss
     torch.manual_seed(0)
     width, grid, objects, colours = 32, 6, 4, 6
     vectors = torch.randn(colours + 3 + 2, width)          # colours, shapes, "closest", "what"
@@ -433,8 +433,8 @@ def test_grounding_loss_teaches_the_pointer_where_the_named_object_is():
 
 
 def test_grounding_loss_and_match():
-    from omniformer.model import AnchorRelation, BagOfWords
-    from omniformer.objectives import grounding_loss
+    from omniformer.tasks.qa.heads import AnchorRelation, BagOfWords
+    from omniformer.tasks.qa.losses import grounding_loss
     torch.manual_seed(0)
     relate = AnchorRelation(16, 2)
     image = torch.randn(3, 5, 16, requires_grad=True)
@@ -495,7 +495,7 @@ def test_spoken_question_heard_as_words_through_the_text_projection():
     assert torch.equal(words.said[1].nonzero().squeeze(1), batch["text"][1][batch["text_mask"][1]].unique())
     assert torch.allclose(words.said[2], heard) and torch.allclose(words.vectors, table)
     out = model(batch)
-    from omniformer.objectives import word_presence_loss
+    from omniformer.tasks.qa.losses import word_presence_loss
     expected = word_presence_loss(word_logits, batch["transcript"], batch["transcript_mask"],
                                   torch.tensor([False, False, True, False]))
     assert torch.allclose(out["spoken_words_loss"], expected, atol=1e-6)
@@ -515,7 +515,7 @@ def test_spoken_question_heard_as_words_through_the_text_projection():
 
 
 def test_qa_model_adds_the_grounding_loss_in_training():
-    from omniformer.objectives import grounding_loss
+    from omniformer.tasks.qa.losses import grounding_loss
     from omniformer.tasks.qa import QAModel
     torch.manual_seed(0)
     with pytest.raises(ValueError, match="answer_relations=true"):
@@ -538,7 +538,7 @@ def test_qa_model_adds_the_grounding_loss_in_training():
 def test_question_in_text_and_speech_reads_the_text_and_trains_the_spotter():
     """A question asked in text whose recording comes along (spotter_overhears): the head reads
     the written words, the spotter learns from the recording."""
-    from omniformer.objectives import word_presence_loss
+    from omniformer.tasks.qa.losses import word_presence_loss
     from omniformer.tasks.qa import QAModel
     torch.manual_seed(0)
     model = QAModel(small_cfg(answer_head="guided", spoken_question="words"), num_answers=7, spoken_words=1.0)
@@ -561,7 +561,7 @@ def test_question_in_text_and_speech_reads_the_text_and_trains_the_spotter():
 
 
 def test_word_spotter_frames_carry_no_position():
-    from omniformer.model import WordSpotter
+    from omniformer.tasks.qa.heads import WordSpotter
     cfg = small_cfg(answer_head="guided", spoken_question="words")
     spotter = WordSpotter.from_config(cfg)
     assert isinstance(spotter.frames.positions, nn.Identity) and cfg.audio.positions != "none"
@@ -570,7 +570,7 @@ def test_word_spotter_frames_carry_no_position():
 
 
 def test_word_spotter_pools_each_words_frames_by_log_mean_exp_and_ignores_padding():
-    from omniformer.model import WordSpotter
+    from omniformer.tasks.qa.heads import WordSpotter
     torch.manual_seed(0)
     spotter = WordSpotter(8, vocab_size=5)
     frames = torch.randn(3, 4, 8)
@@ -587,7 +587,7 @@ def test_word_spotter_pools_each_words_frames_by_log_mean_exp_and_ignores_paddin
 
 def test_word_spotter_runs_under_bf16_autocast():
     # The default precision on GPUs: padding must be filled with the scores' own dtype's minimum.
-    from omniformer.model import WordSpotter
+    from omniformer.tasks.qa.heads import WordSpotter
     torch.manual_seed(0)
     spotter = WordSpotter(8, vocab_size=5)
     frames, mask = torch.randn(2, 4, 8), torch.tensor([[True] * 4, [True, True, False, False]])
@@ -598,7 +598,7 @@ def test_word_spotter_runs_under_bf16_autocast():
 
 
 def test_guided_glimpses_read_an_attended_vector_and_a_count_per_head():
-    from omniformer.model import GuidedAnswerHead
+    from omniformer.tasks.qa.heads import GuidedAnswerHead
     torch.manual_seed(0)
     head = GuidedAnswerHead(32, 4, num_answers=5, question_modalities=["text"], glimpses=2).eval()
     head.classifier = nn.Identity()                  # expose what the classifier reads

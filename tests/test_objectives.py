@@ -3,8 +3,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from omniformer.objectives import (hard_negative_indices, info_nce, mask_tokens, masked_patch_loss, matching_loss,
-                                  word_presence_loss)
+from omniformer.objectives import hard_negative_indices, info_nce, mask_tokens, masked_patch_loss, matching_loss
+from omniformer.tasks.qa.losses import word_presence_loss
 
 PAD, CLS, SEP, MASK, VOCAB = 0, 1, 2, 3, 100
 SPECIALS = {PAD, CLS, SEP, MASK}

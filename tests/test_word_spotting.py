@@ -12,8 +12,9 @@ from conftest import small_config
 def test_word_spotter_hears_colour_words_in_new_recordings(tmp_path, small_shapes):
     from omniformer.data.batching import MultimodalDataset, collate
     from omniformer.data.shapes.scene import COLOURS
-    from omniformer.model import Omniformer, WordSpotter
-    from omniformer.objectives import word_presence_loss
+    from omniformer.model import Omniformer
+    from omniformer.tasks.qa.heads import WordSpotter
+    from omniformer.tasks.qa.losses import word_presence_loss
     from omniformer.tasks.common import audio_preprocessor, build_tokenizer, is_qa, samples_by_split
 
     cfg = small_config(tmp_path, small_shapes.parent)

@@ -1,8 +1,8 @@
-"""Model code: attention, layers, transformer stacks, per-modality embedders, fusion backbone, heads."""
+"""Model code: attention, layers, transformer stacks, per-modality embedders, fusion backbone, shared heads."""
 from .attention import MultiHeadAttention, build_attention_mask
 from .encoders import ENCODERS, AudioEmbedder, Embedder, ImageEmbedder, TextEmbedder
 from .fusion import FusionOutput, Omniformer, init_weights
-from .heads import AnchorRelation, AnswerHead, BagOfWords, ContrastiveHead, GuidedAnswerHead, MaskedPatchHead, MatchingHead, MLMHead, WordSpotter
+from .heads import ClassifierHead, ContrastiveHead, MaskedPatchHead, MatchingHead, MLMHead
 from .layers import FeedForward, LayerNorm, LearnedPositions, SinusoidalPositions, sinusoidal_positions, sinusoidal_positions_2d
 from .transformer import Decoder, DecoderBlock, Encoder, EncoderBlock, block_kwargs
 
@@ -10,7 +10,7 @@ __all__ = [
     "MultiHeadAttention", "build_attention_mask",
     "ENCODERS", "Embedder", "TextEmbedder", "ImageEmbedder", "AudioEmbedder",
     "Omniformer", "FusionOutput", "init_weights",
-    "MLMHead", "MatchingHead", "ContrastiveHead", "AnswerHead", "GuidedAnswerHead", "AnchorRelation", "BagOfWords", "MaskedPatchHead", "WordSpotter",
+    "MLMHead", "MatchingHead", "ContrastiveHead", "ClassifierHead", "MaskedPatchHead",
     "FeedForward", "LayerNorm", "LearnedPositions", "SinusoidalPositions", "sinusoidal_positions", "sinusoidal_positions_2d",
     "Encoder", "EncoderBlock", "Decoder", "DecoderBlock", "block_kwargs",
 ]

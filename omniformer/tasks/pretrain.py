@@ -16,10 +16,10 @@ from torch import nn
 
 from ..config import ModelConfig, ObjectiveConfig
 from .base import Task, TaskError
-from ..model import (BagOfWords, ContrastiveHead, GuidedAnswerHead, MaskedPatchHead, MatchingHead, MLMHead, Omniformer,
-                     WordSpotter, init_weights)
-from ..objectives import (hard_negative_indices, info_nce, mask_tokens, masked_patch_loss, matching_loss,
-                          word_presence_loss)
+from ..model import ContrastiveHead, MaskedPatchHead, MatchingHead, MLMHead, Omniformer, init_weights
+from ..objectives import hard_negative_indices, info_nce, mask_tokens, masked_patch_loss, matching_loss
+from .qa.heads import BagOfWords, GuidedAnswerHead, WordSpotter
+from .qa.losses import word_presence_loss
 
 # Which batch entries make up a modality, so a mismatched pair swaps all of them together.
 MODALITY_KEYS = {"text": ("text", "text_mask"), "image": ("image", "image_mask"), "audio": ("audio", "audio_mask")}

@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader
 from ...config import ModelConfig, RunConfig, from_dict
 from ...data.batching import IGNORE, MultimodalDataset, collate
 from ...data.text import Tokenizer
-from ...model import AnswerHead, BagOfWords, GuidedAnswerHead, Omniformer, WordSpotter, init_weights
-from ...objectives import SAID_WEIGHT, grounding_loss, word_presence_loss
+from ...model import ClassifierHead, Omniformer, init_weights
 from ...train import checkpoint as ckpt
 from ..common import audio_preprocessor, image_preprocessor
+from .heads import BagOfWords, GuidedAnswerHead, WordSpotter
+from .losses import SAID_WEIGHT, grounding_loss, word_presence_loss
 
 NAME = "qa"
 
@@ -73,7 +74,7 @@ class QAModel(nn.Module):
                                                 dropout=cfg.dropout, eps=cfg.layer_norm_eps,
                                                 relations=cfg.answer_relations)
         else:
-            self.answer_head = AnswerHead(cfg.width, num_answers, hidden=2 * cfg.width, dropout=cfg.dropout)
+            self.answer_head = ClassifierHead(cfg.width, num_answers, hidden=2 * cfg.width, dropout=cfg.dropout)
         self.answer_head.apply(init_weights)
         if self.word_spotter is not None:
             self.word_spotter.apply(init_weights)
