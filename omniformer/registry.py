@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 TASKS: dict[str, str] = {
     "pretrain": "omniformer.tasks.pretrain",
+    "classify": "omniformer.tasks.classify",
     "qa": "omniformer.tasks.qa",
 }
 
