@@ -44,7 +44,7 @@ import torch
 
 from omniformer.config import load_config
 from omniformer.data.manifest import read_manifest, resolve
-from omniformer.data.shapes import SHAPES
+from omniformer.datasets.shapes import SHAPES
 from omniformer.data.text import Tokenizer
 from omniformer.model import init_weights
 from omniformer.tasks.qa.heads import GuidedAnswerHead

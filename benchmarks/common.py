@@ -8,7 +8,7 @@ import torch
 
 from omniformer.cli import recipe_path
 from omniformer.config import load_config
-from omniformer.tasks.qa import QAModel
+from omniformer.tasks.qa import QAModel, qa_config
 
 
 def random_qa_model(config: str, answers: int):
@@ -16,7 +16,7 @@ def random_qa_model(config: str, answers: int):
     cfg = load_config(recipe_path(config))
     cfg.model.vocab_size = cfg.data.vocab_size
     torch.manual_seed(0)
-    return cfg, QAModel(cfg.model, answers).eval()
+    return cfg, QAModel(cfg.model, answers, qa_config(cfg)).eval()
 
 
 def write_json(path: str, results: dict) -> None:

@@ -41,11 +41,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    from omniformer.config import ShapesConfig, load_config
+    from omniformer.config import load_config
+    from omniformer.datasets.shapes import ShapesConfig
     from omniformer.data.audio import AudioPreprocessor, audio_folder_manifest
     from omniformer.data.batching import MultimodalDataset
     from omniformer.data.manifest import read_manifest
-    from omniformer.data.shapes import generate_shapes
+    from omniformer.datasets.shapes import generate_shapes
     from omniformer.tasks.common import image_preprocessor, is_caption, is_qa, texts_of
     from omniformer.data.text import Tokenizer
 
@@ -53,7 +54,7 @@ def main() -> None:
     workers = [int(w) for w in args.workers.split(",")]
     results = {"workers": workers, "pipelines": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        shapes_cfg = ShapesConfig(**{**cfg.data.shapes.__dict__, "images": args.shapes_images})
+        shapes_cfg = ShapesConfig(**{**cfg.data.dataset_options, "images": args.shapes_images})
         manifest = generate_shapes(Path(tmp) / "shapes", shapes_cfg, workers=2, progress=False)
         samples = [s for s in read_manifest(manifest) if s.get("split") == "train"]
         tok = Tokenizer.train(texts_of(samples), vocab_size=200)

@@ -33,7 +33,7 @@ fi
 omni=(python3 -m omniformer.cli)  # an array, so that `timeout` can run it too
 config=configs/shapes-full.yaml
 pretrained=runs/shapes-full/pretrain/last
-pair=(--label_fraction=0.1 --finetune.steps=4000 --finetune.curriculum_steps=700 --finetune.workers=4
+pair=(--label_fraction=0.1 --finetune.steps=4000 --task.curriculum.steps=700 --finetune.workers=4
       --finetune.progress=false)
 start=$(date +%s)
 since() { echo $(( $(date +%s) - start )); }

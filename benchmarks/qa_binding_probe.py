@@ -7,7 +7,7 @@
 Text questions only, data preloaded in memory, one thread (T=2 for two); prints validation
 accuracy per question family five times. Uniform batches over all training questions (no
 curriculum); the model is the one configs/quickstart.yaml builds, so overrides such as
---model.answer_head=cls --model.image.drop_flat_patches=false give the older recipe.
+--task.head=cls --model.image.drop_flat_patches=false give the older recipe.
 
 Measured 2026-11-29 (grid, 48 px, width 96), what led to the quickstart recipe:
 - [CLS] head, every patch kept: horizontal and vertical at 0.50 after 3,000 steps of all
@@ -22,7 +22,7 @@ Measured 2026-11-29 (grid, 48 px, width 96), what led to the quickstart recipe:
 """
 import sys, time, torch
 from omniformer.config import load_config
-from omniformer.tasks.qa import QAModel
+from omniformer.tasks.qa import QAModel, qa_config
 from omniformer.tasks.common import samples_by_split, is_qa, image_preprocessor
 from omniformer.data.text import Tokenizer
 from omniformer.data.manifest import resolve
@@ -49,7 +49,7 @@ def load(samples):
     return torch.stack(ims), ids, mask, torch.tensor([answers.index(s["answer"]) for s in samples])
 tr = load(sp["train"]); va = load(sp["val"][:1000]); vs = sp["val"][:1000]
 torch.manual_seed(0)
-model = QAModel(cfg.model, len(answers))
+model = QAModel(cfg.model, len(answers), qa_config(cfg))
 from omniformer.train.optim import build_optimizer, build_scheduler
 cfg.finetune.steps = steps
 opt = build_optimizer(model, cfg.finetune, torch.device("cpu")); sch = build_scheduler(opt, cfg.finetune)

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from omniformer.data.batching import collate
-from omniformer.data.shapes.language import extreme_object
-from omniformer.data.shapes.scene import Obj, render
+from omniformer.datasets.shapes.language import extreme_object
+from omniformer.datasets.shapes.scene import Obj, render
 from omniformer.tasks.qa.heads import masked_softmax
 from omniformer.tasks.qa import QAPredictor
 
@@ -109,7 +109,7 @@ def probe(qa: QAPredictor, data_dir: Path, split: str, per_family: int, batch_si
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a fine-tuned QA checkpoint folder with answer_relations")
-    parser.add_argument("--data", default=None, help="ShapesWorld folder (default: the checkpoint's data.shapes_dir)")
+    parser.add_argument("--data", default=None, help="ShapesWorld folder (default: the folder of the checkpoint's data.manifest)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--per-family", type=int, default=300)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -118,7 +118,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     qa = QAPredictor.load(args.model)
-    results = probe(qa, Path(args.data or qa.cfg.data.shapes_dir), args.split, args.per_family)
+    results = probe(qa, Path(args.data or Path(qa.cfg.data.manifest).parent), args.split, args.per_family)
     print(f"{'family':<12} {'questions':>9} {'pointer on named':>17} {'accuracy':>9} {'selected on answer':>19} {'best head':>9}")
     for family, r in results.items():
         sel = f"{r['selected_on_answer']:>19.3f} {r['best_head_on_answer']:>9.3f}" if "selected_on_answer" in r else ""

@@ -37,17 +37,17 @@ def build_random_checkpoint(out: Path, config: Path) -> Path:
 
     from omniformer.config import load_config
     from omniformer.data.text import Tokenizer
-    from omniformer.tasks.qa import QAModel
+    from omniformer.tasks.qa import QAModel, qa_config
     from omniformer.train.checkpoint import save_checkpoint
     cfg = load_config(config)
     texts = [f"what {a} is the {c} {s}?" for a in ("color", "shape", "size") for c in ("red", "green", "blue")
              for s in ("circle", "square", "triangle")]
     tokenizer = Tokenizer.train(texts, 100)
     answers = ["red", "green", "blue", "yellow", "circle", "square", "triangle", "yes", "no", "0", "1", "2", "3"]
-    cfg.model.vocab_size, cfg.model.num_answers = tokenizer.vocab_size, len(answers)
+    cfg.model.vocab_size = tokenizer.vocab_size
     torch.manual_seed(0)
     meta = {"task": "qa", "config": dataclasses.asdict(cfg), "answers": answers, "model_id": "random-quickstart"}
-    return save_checkpoint(out, QAModel(cfg.model, len(answers)), meta, tokenizer)
+    return save_checkpoint(out, QAModel(cfg.model, len(answers), qa_config(cfg)), meta, tokenizer)
 
 
 def make_inputs(count: int, size: int, seed: int = 0) -> tuple[list[bytes], list[str], bytes]:

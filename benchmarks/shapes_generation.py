@@ -16,8 +16,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from omniformer.config import ShapesConfig
-from omniformer.data.shapes import generate_shapes
+from omniformer.datasets.shapes import ShapesConfig
+from omniformer.datasets.shapes import generate_shapes
 
 
 def disk_usage(root: Path) -> tuple[int, int, int]:

@@ -40,7 +40,7 @@ import torch
 
 from omniformer.config import load_config
 from omniformer.data.batching import MultimodalDataset, collate
-from omniformer.data.shapes.scene import COLOURS
+from omniformer.datasets.shapes.scene import COLOURS
 from omniformer.model import Omniformer
 from omniformer.tasks.qa.heads import WordSpotter
 from omniformer.tasks.qa.losses import word_presence_loss

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .config import RECIPES, ConfigError, load_config, recipe_path
@@ -54,8 +55,9 @@ def print_table(metrics: dict[str, float], title: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def cmd_data_shapes(args, overrides) -> int:
-    from .config import ShapesConfig, from_dict
-    from .data.shapes import generate_shapes
+    from .config import from_dict
+    from .datasets.shapes import ShapesConfig
+    from .datasets.shapes import generate_shapes
     values = {"images": args.images, "seed": args.seed, "size": args.size, "layout": args.layout,
               "max_objects": args.max_objects, "voices": args.voices}
     cfg = from_dict(ShapesConfig, {k: v for k, v in values.items() if v is not None})
@@ -154,7 +156,7 @@ def cmd_finetune(args, overrides) -> int:
 def _checkpoint_config(model_dir: str, overrides: list[str]):
     """The recipe a checkpoint was trained with, with ``--section.key=value`` overrides applied
     (data and evaluation settings only: the architecture is the checkpoint's)."""
-    from .config import RunConfig, from_dict, merge, parse_overrides, to_dict
+    from .config import RunConfig, from_dict, merge, parse_overrides, run_config_from, to_dict
     from .train import checkpoint as ckpt
     meta = ckpt.read_meta(model_dir)
     update = parse_overrides(overrides) if overrides else {}
@@ -163,7 +165,7 @@ def _checkpoint_config(model_dir: str, overrides: list[str]):
                           "evaluation settings can be overridden here")
     base = meta.get("config", {})
     try:
-        return from_dict(RunConfig, merge(to_dict(from_dict(RunConfig, base)), update))
+        return from_dict(RunConfig, merge(to_dict(run_config_from(base)), update))
     except ConfigError as e:
         raise ConfigError(f"{model_dir}: {e}") from None
 
@@ -381,7 +383,13 @@ def _extensions():
     return out
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (data skipped, a recipe key read from its old place) as one line, no source."""
+    print(f"omniformer: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["predict"]:  # the task's own options are parsed once its checkpoint is known

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,10 @@ import yaml
 
 class ConfigError(ValueError):
     """A config value or key is wrong; the message names it and what was expected."""
+
+
+class RecipeUpgraded(UserWarning):
+    """A recipe key was read from where an older layout kept it (see ``upgrade_recipe``)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +294,6 @@ class ModelConfig:
     layer_norm_eps: float = 1e-5
     activation: Activation = "gelu"
     vocab_size: int = 0            # filled from the tokenizer
-    num_answers: int = 0           # filled from the answer vocabulary (QA)
     modalities: list[str] = field(default_factory=lambda: ["text", "image", "audio"])
     text: TextConfig = field(default_factory=TextConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
@@ -297,22 +301,9 @@ class ModelConfig:
     # Pretrained towers to start from, per modality: {"text": "bert:/path/to/checkpoint", ...};
     # see omniformer.interop.hf (kinds: bert, roberta, clip_text, vit, clip_vision, whisper).
     towers_from: dict[str, str] = field(default_factory=dict)
-    # QA answer head. "cls": an MLP on the fusion [CLS]. "guided": the question (its text
-    # embeddings, its speech tower's output) attends over the image tokens before fusion, and
-    # the MLP reads [CLS] with the attended image vector and the question; see GuidedAnswerHead.
-    answer_head: Literal["cls", "guided"] = "cls"
-    # How the guided head hears a spoken question. "tower": the speech tower's output, mean-
-    # pooled, through its own projection. "words": the words a WordSpotter hears (through
-    # frames of its own), as a bag of the text embedder's word vectors, through the text
-    # question's projection (the spotter learns from transcripts: objectives.spoken_words in
-    # pretraining, spoken_words in fine-tuning), so what text questions teach carries to speech.
-    spoken_question: Literal["tower", "words"] = "tower"
-    # Looks the guided head takes at the image, each querying with what the last one saw.
-    answer_glimpses: int = 1
-    # The guided head also relates every image token to the object the question names (an
-    # MLP on each pair with their offset and distance, see AnchorRelation): closest,
-    # furthest, same shape as.
-    answer_relations: bool = False
+    # The options of a registered modality that has no section of its own above, read by its
+    # ``Config`` dataclass: {"sensor": {"channels": 3}} (omniformer.modalities.base.Modality.options).
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
         _check(self.width > 0 and self.heads > 0 and self.width % self.heads == 0,
@@ -322,15 +313,20 @@ class ModelConfig:
         _check(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1), got {self.dropout}")
         _check(0.0 <= self.attn_dropout < 1.0, f"attn_dropout: must be in [0, 1), got {self.attn_dropout}")
         _check(self.mlp_ratio > 0, f"mlp_ratio: must be > 0, got {self.mlp_ratio}")
-        _check(self.answer_glimpses >= 1, f"answer_glimpses: must be >= 1, got {self.answer_glimpses}")
-        _check(not self.answer_relations or self.answer_head == "guided",
-               f"answer_relations: needs answer_head=guided, got answer_head={self.answer_head}")
-        known = {"text", "image", "audio"}
+        from .registry import get_modality, modality_names
+        known = modality_names()
         bad = [m for m in self.modalities if m not in known]
-        _check(not bad, f"modalities: unknown {bad}; known: {sorted(known)}")
+        _check(not bad, f"modalities: unknown {bad}; known (omniformer.registry.MODALITIES): {known}")
         for m, source in self.towers_from.items():
             _check(m in known and isinstance(source, str) and ":" in source,
-                   f"towers_from.{m}: expected a modality in {sorted(known)} mapped to 'kind:path', got {source!r}")
+                   f"towers_from.{m}: expected a modality in {known} mapped to 'kind:path', got {source!r}")
+        for m, given in self.options.items():
+            _check(m in known, f"options.{m}: not a registered modality; known: {known}")
+            _check(isinstance(given, dict), f"options.{m}: expected a mapping of the {m} modality's options, got {given!r}")
+            modality = get_modality(m)
+            _check(modality.Config is not None or not given,
+                   f"options.{m}: the {m} modality declares no options (its Config is None)")
+            modality.options(self)  # its Config checks the keys and values
 
 
 @dataclass
@@ -342,14 +338,16 @@ class ObjectiveConfig:
     contrastive: float = 0.5       # symmetric InfoNCE between modality towers
     masked_patch: float = 0.0      # masked patch modelling (image and audio)
     masked_patch_probability: float = 0.25
-    spoken_words: float = 0.0      # word spotting: which words a spoken caption says (see WordSpotter)
+    word_spotting: float = 0.0     # which words a spoken caption says (QA's word spotter learns it)
     # Image-text matching judged by a question-guided head (the caption as the question), which
-    # QA fine-tuning with model.answer_head=guided starts from.
+    # QA fine-tuning with task.head=guided starts from.
     guided_matching: float = 0.0
+    guided_glimpses: int = 1       # looks of that head at the image: QA's task.glimpses, which it starts
 
     def validate(self) -> None:
-        for name in ("mlm", "matching", "contrastive", "masked_patch", "spoken_words", "guided_matching"):
+        for name in ("mlm", "matching", "contrastive", "masked_patch", "word_spotting", "guided_matching"):
             _check(getattr(self, name) >= 0, f"{name}: weight must be >= 0, got {getattr(self, name)}")
+        _check(self.guided_glimpses >= 1, f"guided_glimpses: must be >= 1, got {self.guided_glimpses}")
         _check(0 < self.mlm_probability < 1, f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
         _check(0 < self.masked_patch_probability < 1,
                f"masked_patch_probability: must be in (0, 1), got {self.masked_patch_probability}")
@@ -379,10 +377,6 @@ class TrainConfig:
     log_every: int = 20
     threads: int = 0               # torch intra-op threads; 0 leaves torch's default
     progress: bool = True
-    # Fine-tuning curriculum: the first ``curriculum_steps`` steps draw only QA samples of
-    # these question families (e.g. the ones that bind a colour word to one object), then all.
-    curriculum_families: list[str] = field(default_factory=list)
-    curriculum_steps: int = 0
     # "length": batches of similar length (least padding). "modality" (QA fine-tuning): batches
     # of questions asked the same way (text, speech, both), otherwise shuffled. ShapesWorld's
     # question length tracks its family, so length buckets held one family each and slowed
@@ -401,42 +395,17 @@ class TrainConfig:
         _check(self.warmup_steps >= 0, f"warmup_steps: must be >= 0, got {self.warmup_steps}")
         _check(self.grad_clip >= 0, f"grad_clip: must be >= 0, got {self.grad_clip}")
         _check(self.workers >= 0, f"workers: must be >= 0, got {self.workers}")
-        _check(self.curriculum_steps >= 0, f"curriculum_steps: must be >= 0, got {self.curriculum_steps}")
-        _check(not self.curriculum_steps or self.curriculum_families,
-               "curriculum_steps: set curriculum_families too (the question families to start with)")
         _check(self.eval_every >= 1 and self.save_every >= 1 and self.log_every >= 1,
                "eval_every/save_every/log_every: must be >= 1")
 
 
 @dataclass
-class ShapesConfig:
-    images: int = 10000
-    size: int = 64
-    min_objects: int = 2
-    max_objects: int = 6
-    # "free": objects anywhere (the standard setting); "grid": one object per cell of a
-    # grid aligned with the image patches, the easier setting the quickstart uses.
-    layout: Literal["free", "grid"] = "free"
-    grid: int = 4
-    voices: int = 5
-    seed: int = 0
-
-    def validate(self) -> None:
-        _check(self.images >= 1, f"images: must be >= 1, got {self.images}")
-        _check(self.size >= 16, f"size: must be >= 16 pixels, got {self.size}")
-        _check(1 <= self.min_objects <= self.max_objects <= 6,
-               f"min_objects/max_objects: need 1 <= min <= max <= 6, got {self.min_objects}/{self.max_objects}")
-        if self.layout == "grid":
-            _check(self.grid * self.grid >= self.max_objects,
-                   f"grid: {self.grid}x{self.grid} cells cannot hold {self.max_objects} objects")
-        _check(2 <= self.voices <= 8, f"voices: must be 2..8, got {self.voices}")
-
-
-@dataclass
 class DataConfig:
-    manifest: str = ""             # a JSONL manifest; empty: ShapesWorld under shapes_dir
-    shapes_dir: str = "data/shapes"
-    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    manifest: str = ""             # the JSON Lines manifest to train on (docs/own-data.md)
+    # A built-in dataset that writes ``manifest`` when it is absent ("shapes": ShapesWorld),
+    # with its own options; empty for a user's own data.
+    dataset: str = ""
+    dataset_options: dict[str, Any] = field(default_factory=dict)
     tokenizer: str = ""            # tokenizer.json or vocab.txt; empty: train one
     vocab_size: int = 1000
     augment: bool = True           # image augmentation, task-aware: the QA task never flips images
@@ -463,36 +432,10 @@ class RunConfig:
     objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     finetune: TrainConfig = field(default_factory=TrainConfig)
-    # Fraction of QA training labels used in fine-tuning (the low-label experiment uses 0.1).
+    # Fraction of the task's training labels used (the low-label experiment uses 0.1).
     label_fraction: float = 1.0
-    # Share of QA training samples asked by voice instead of in text.
-    spoken_fraction: float = 0.5
-    # Weight of the word-spotting loss on spoken questions (model.spoken_question=words).
-    spoken_words: float = 0.0
-    # Share of the training questions asked in text whose recording comes along for the word
-    # spotter alone (the head reads their text): it then learns from more than the spoken share.
-    # With a fine-tuning curriculum, of the curriculum's families only (see question_modes).
-    spotter_overhears: float = 0.0
-    # Weight of the grounding loss that teaches the anchor relation's pointer where the object
-    # a question names is (model.answer_relations; objectives.grounding_loss).
-    grounding: float = 0.0
-
     def validate(self) -> None:
         _check(0 < self.label_fraction <= 1, f"label_fraction: must be in (0, 1], got {self.label_fraction}")
-        _check(0 <= self.spoken_fraction <= 1, f"spoken_fraction: must be in [0, 1], got {self.spoken_fraction}")
-        _check(self.spoken_words >= 0, f"spoken_words: must be >= 0, got {self.spoken_words}")
-        _check(0 <= self.spotter_overhears <= 1, f"spotter_overhears: must be in [0, 1], got {self.spotter_overhears}")
-        _check(self.grounding >= 0, f"grounding: must be >= 0, got {self.grounding}")
-        _check(not self.grounding or (self.model.answer_head == "guided" and self.model.answer_relations),
-               f"grounding: {self.grounding} trains the anchor relation's pointer: it needs "
-               "model.answer_head=guided and model.answer_relations=true")
-        hears_words = self.model.answer_head == "guided" and self.model.spoken_question == "words"
-        _check(not self.spoken_words or hears_words,
-               f"spoken_words: {self.spoken_words} needs model.answer_head=guided and model.spoken_question=words")
-        asked_by_voice = self.spoken_fraction > 0 and "audio" in self.model.modalities
-        _check(not (hears_words and asked_by_voice) or self.spoken_words > 0,
-               "spoken_words: must be > 0 with model.spoken_question=words: only the transcripts of spoken "
-               "questions train the word spotter")
 
 
 RECIPES = Path(__file__).parent / "configs"
@@ -512,6 +455,55 @@ def recipe_path(name: str | None) -> Path | None:
     raise ConfigError(f"--config {name!r}: no such file or built-in recipe; built-in recipes: {', '.join(known)}")
 
 
+# Keys that moved out of the general sections when tasks and datasets got their own: a recipe
+# or a checkpoint written before reads the same, with each key in its new place.
+_MOVED = {("model", "answer_head"): ("task", "head"), ("model", "answer_relations"): ("task", "relations"),
+          ("model", "answer_glimpses"): ("task", "glimpses"), ("model", "spoken_question"): ("task", "spoken_question"),
+          ("spoken_fraction",): ("task", "spoken_fraction"), ("spoken_words",): ("task", "word_spotting"),
+          ("spotter_overhears",): ("task", "spotter_overhears"), ("grounding",): ("task", "grounding"),
+          ("objectives", "spoken_words"): ("objectives", "word_spotting")}
+
+
+def upgrade_recipe(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A recipe dict in today's layout, and a note per key that moved (an older recipe or
+    checkpoint config: QA's head knobs in ``model``, ShapesWorld in ``data.shapes``...)."""
+    import copy
+    data, notes = copy.deepcopy(data), []
+    for old, new in _MOVED.items():
+        node = data
+        for part in old[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or old[-1] not in node:
+            continue
+        value = node.pop(old[-1])
+        data.setdefault(new[0], {})[new[1]] = value
+        notes.append(f"{'.'.join(old)} is now {'.'.join(new)}")
+    model = data.get("model")
+    if isinstance(model, dict):
+        model.pop("num_answers", None)  # read from the checkpoint's answers
+    for section in ("pretrain", "finetune"):
+        train = data.get(section)
+        if not isinstance(train, dict) or "curriculum_steps" not in train and "curriculum_families" not in train:
+            continue
+        steps, families = train.pop("curriculum_steps", None), train.pop("curriculum_families", None)
+        if section == "finetune" and (steps or families):
+            curriculum = data.setdefault("task", {}).setdefault("curriculum", {})
+            curriculum.setdefault("key", "family")
+            if families:
+                curriculum["values"] = families
+            if steps is not None:
+                curriculum["steps"] = steps
+            notes.append("finetune.curriculum_families/steps are now task.curriculum {key: family, values, steps}")
+    datacfg = data.get("data")
+    if isinstance(datacfg, dict) and ("shapes" in datacfg or "shapes_dir" in datacfg):
+        folder, options = datacfg.pop("shapes_dir", "data/shapes"), datacfg.pop("shapes", {})
+        if not datacfg.get("manifest"):
+            datacfg.update(manifest=f"{folder}/manifest.jsonl", dataset="shapes", dataset_options=options)
+            notes.append(f"data.shapes_dir/shapes are now data.manifest={folder}/manifest.jsonl, "
+                         "data.dataset=shapes and data.dataset_options")
+    return data, notes
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
                 cls: type = RunConfig) -> Any:
     """Load a YAML recipe (or defaults) and apply ``--key=value`` overrides."""
@@ -529,6 +521,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     if overrides:
         update = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         data = merge(data, update)
+    if cls is RunConfig:
+        data, notes = upgrade_recipe(data)
+        for note in notes:
+            warnings.warn(RecipeUpgraded(f"{path or 'recipe'}: {note}"), stacklevel=2)
     try:
         return from_dict(cls, data)
     except ConfigError as e:
@@ -537,3 +533,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 
 def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def run_config_from(data: dict[str, Any]) -> "RunConfig":
+    """A checkpoint's recorded recipe as a RunConfig, older layouts upgraded in place."""
+    return from_dict(RunConfig, upgrade_recipe(data or {})[0])

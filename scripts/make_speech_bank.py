@@ -1,6 +1,6 @@
 """Build ShapesWorld's speech bank with espeak-ng. Development only: run once, commit the output.
 
-    python scripts/make_speech_bank.py        # writes omniformer/data/shapes/bank/
+    python scripts/make_speech_bank.py        # writes omniformer/datasets/shapes/bank/
 
 Every word of the ShapesWorld vocabulary is synthesised in isolation by each voice variant,
 resampled to 16 kHz and trimmed of silence. A voice's words are concatenated into one FLAC
@@ -22,9 +22,9 @@ import soxr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from omniformer.data.shapes.language import vocabulary  # noqa: E402
+from omniformer.datasets.shapes.language import vocabulary  # noqa: E402
 
-BANK = ROOT / "omniformer" / "data" / "shapes" / "bank"
+BANK = ROOT / "omniformer" / "datasets" / "shapes" / "bank"
 RATE = 16000
 # Distinct accents, genders, pitches (0-99) and speeds (words per minute). ShapesConfig.voices
 # takes the first N; the N-th is held out of training.

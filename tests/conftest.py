@@ -10,8 +10,9 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # A small, easy ShapesWorld (objects on a grid aligned with the patches) and a small model:
 # enough to learn in well under a minute on 2 cores.
-SMALL_SHAPES = ["--data.shapes.images=1500", "--data.shapes.size=32", "--data.shapes.layout=grid",
-                "--data.shapes.grid=4", "--data.shapes.max_objects=4", "--data.shapes.voices=3",
+SMALL_SHAPES = ["--data.dataset_options.images=1500", "--data.dataset_options.size=32",
+                "--data.dataset_options.layout=grid", "--data.dataset_options.grid=4",
+                "--data.dataset_options.max_objects=4", "--data.dataset_options.voices=3",
                 "--model.image.size=32", "--model.image.patch_size=8"]
 SMALL_MODEL = ["--model.width=64", "--model.heads=4", "--model.depth=2", "--model.tower_depth=1",
                "--model.audio.subsample=8", "--model.audio.n_mels=40"]
@@ -20,7 +21,7 @@ SMALL_MODEL = ["--model.width=64", "--model.heads=4", "--model.depth=2", "--mode
 def small_config(out_dir: Path, data_dir: Path, *extra: str):
     from omniformer.config import load_config
     return load_config(ROOT / "configs" / "quickstart.yaml",
-                       [f"--out_dir={out_dir}", f"--data.shapes_dir={data_dir}", *SMALL_SHAPES, *SMALL_MODEL,
+                       [f"--out_dir={out_dir}", f"--data.manifest={data_dir}/manifest.jsonl", *SMALL_SHAPES, *SMALL_MODEL,
                         "--pretrain.workers=0", "--finetune.workers=0", "--pretrain.progress=false",
                         "--finetune.progress=false", *extra])
 
@@ -45,6 +46,6 @@ def trained_qa(tmp_path_factory, small_shapes) -> tuple[Path, Path]:
     manifest = write_manifest(small_shapes.parent / "counting.jsonl", counting)
     root = tmp_path_factory.mktemp("trained_qa")
     cfg = small_config(root, small_shapes.parent, f"--data.manifest={manifest}", "--finetune.steps=600",
-                       "--finetune.eval_every=600", "--finetune.lr=2e-3", "--spoken_fraction=0.0",
-                       "--finetune.curriculum_steps=0")
+                       "--finetune.eval_every=600", "--finetune.lr=2e-3", "--task.spoken_fraction=0.0",
+                       "--task.curriculum.steps=0")
     return finetune(cfg, init=None, progress=False), manifest

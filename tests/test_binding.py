@@ -13,9 +13,9 @@ def test_recipe_binds_colour_words_to_objects(tmp_path, small_shapes):
     samples = [s for s in read_manifest(small_shapes) if s.get("meta", {}).get("family") in BINDING]
     manifest = write_manifest(small_shapes.parent / "binding.jsonl", samples)
     cfg = small_config(tmp_path, small_shapes.parent, f"--data.manifest={manifest}", "--finetune.steps=800",
-                       "--finetune.eval_every=800", "--finetune.lr=2e-3", "--spoken_fraction=0.0",
-                       "--finetune.curriculum_steps=0")
-    assert cfg.model.answer_head == "guided" and cfg.model.image.drop_flat_patches  # the recipe under test
+                       "--finetune.eval_every=800", "--finetune.lr=2e-3", "--task.spoken_fraction=0.0",
+                       "--task.curriculum.steps=0")
+    assert cfg.task["head"] == "guided" and cfg.model.image.drop_flat_patches  # the recipe under test
     model_dir = finetune(cfg, init=None, progress=False)
     metrics = evaluate(model_dir, manifest, split="test", ways=("text",)).metrics
     # Chance: 1/3 for shape, 1/2 for sides. Each family must be learnt, not just one.

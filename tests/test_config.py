@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from omniformer.config import ConfigError, ModelConfig, RunConfig, from_dict, load_config, parse_overrides
@@ -59,38 +61,76 @@ def test_builtin_recipes_load():
         load_config(path)
 
 
+def qa(*overrides):
+    """The QA task's section of a default recipe with ``overrides``, as the task reads it."""
+    from omniformer.registry import get_task
+    return get_task("qa").config(load_config(None, list(overrides)))
+
+
 def test_curriculum_settings_are_checked():
-    with pytest.raises(ConfigError, match="curriculum_steps: must be >= 0"):
-        load_config(None, ["--finetune.curriculum_steps=-1", "--finetune.curriculum_families=[shape]"])
-    with pytest.raises(ConfigError, match="set curriculum_families too"):
-        load_config(None, ["--finetune.curriculum_steps=10"])
+    with pytest.raises(ConfigError, match="task.curriculum.steps: must be >= 0"):
+        qa("--task.curriculum.steps=-1", "--task.curriculum.values=[shape]")
+    with pytest.raises(ConfigError, match="task.curriculum.values: list the meta values"):
+        qa("--task.curriculum.steps=10")
+    assert qa("--task.curriculum.steps=10", "--task.curriculum.values=[shape]").curriculum.admits(
+        {"meta": {"family": "shape"}})
     with pytest.raises(ConfigError, match="bucket"):
         load_config(None, ["--finetune.bucket=family"])
 
 
 def test_grounding_is_checked():
-    with pytest.raises(ConfigError, match="grounding: must be >= 0"):
-        load_config(None, ["--grounding=-0.1"])
-    with pytest.raises(ConfigError, match="needs model.answer_head=guided and model.answer_relations=true"):
-        load_config(None, ["--grounding=0.2", "--model.answer_head=guided"])
-    cfg = load_config(None, ["--grounding=0.2", "--model.answer_head=guided", "--model.answer_relations=true"])
-    assert cfg.grounding == 0.2
+    with pytest.raises(ConfigError, match="task.grounding: must be >= 0"):
+        qa("--task.grounding=-0.1")
+    with pytest.raises(ConfigError, match="needs head=guided and relations=true"):
+        qa("--task.grounding=0.2", "--task.head=guided")
+    assert qa("--task.grounding=0.2", "--task.head=guided", "--task.relations=true").grounding == 0.2
 
 
-def test_spoken_words_is_checked():
-    with pytest.raises(ConfigError, match="spoken_words: must be >= 0"):
-        load_config(None, ["--spoken_words=-1"])
+def test_word_spotting_is_checked():
+    with pytest.raises(ConfigError, match="task.word_spotting: must be >= 0"):
+        qa("--task.word_spotting=-1")
     with pytest.raises(ConfigError, match="spoken_question=words"):
-        load_config(None, ["--spoken_words=1.0", "--model.answer_head=guided"])
+        qa("--task.word_spotting=1.0", "--task.head=guided")
     with pytest.raises(ConfigError, match="only the transcripts"):
-        load_config(None, ["--model.answer_head=guided", "--model.spoken_question=words"])
-    load_config(None, ["--model.answer_head=guided", "--model.spoken_question=words", "--spoken_fraction=0"])
-    cfg = load_config(None, ["--spoken_words=1.0", "--model.answer_head=guided", "--model.spoken_question=words"])
-    assert cfg.spoken_words == 1.0
-    with pytest.raises(ConfigError, match=r"spotter_overhears: must be in \[0, 1\], got 1.5"):
-        load_config(None, ["--spotter_overhears=1.5"])
-    with pytest.raises(ConfigError, match="answer_glimpses"):
-        load_config(None, ["--model.answer_glimpses=0"])
+        qa("--task.head=guided", "--task.spoken_question=words")
+    qa("--task.head=guided", "--task.spoken_question=words", "--task.spoken_fraction=0")
+    assert qa("--task.word_spotting=1.0", "--task.head=guided", "--task.spoken_question=words").word_spotting == 1.0
+    with pytest.raises(ConfigError, match=r"task.spotter_overhears: must be in \[0, 1\], got 1.5"):
+        qa("--task.spotter_overhears=1.5")
+    with pytest.raises(ConfigError, match="task.glimpses"):
+        qa("--task.glimpses=0")
+    with pytest.raises(ConfigError, match="unknown config key task.answer_head"):
+        qa("--task.answer_head=guided")
+
+
+def test_the_backbone_config_holds_architecture_only():
+    from omniformer.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    model = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert not model & {"answer_head", "spoken_question", "answer_glimpses", "answer_relations", "num_answers"}
+    assert not {f.name for f in dataclasses.fields(TrainConfig)} & {"curriculum_families", "curriculum_steps"}
+    assert not {f.name for f in dataclasses.fields(DataConfig)} & {"shapes", "shapes_dir"}
+    assert not {f.name for f in dataclasses.fields(RunConfig)} & {"spoken_fraction", "spoken_words", "grounding"}
+
+
+def test_an_older_recipe_reads_with_each_key_in_its_new_place():
+    """Checkpoints and recipes written before tasks and datasets had their own sections."""
+    from omniformer.config import RecipeUpgraded, run_config_from, upgrade_recipe
+    old = {"model": {"answer_head": "guided", "answer_relations": True, "spoken_question": "words", "num_answers": 9},
+           "data": {"shapes_dir": "data/shapes-quickstart", "shapes": {"images": 40}},
+           "finetune": {"curriculum_families": ["shape"], "curriculum_steps": 900},
+           "pretrain": {"curriculum_families": [], "curriculum_steps": 0},
+           "objectives": {"spoken_words": 1.0}, "spoken_words": 1.0, "spoken_fraction": 0.5, "grounding": 0.2}
+    new, notes = upgrade_recipe(old)
+    assert new["task"] == {"head": "guided", "relations": True, "spoken_question": "words", "word_spotting": 1.0,
+                           "spoken_fraction": 0.5, "grounding": 0.2,
+                           "curriculum": {"key": "family", "values": ["shape"], "steps": 900}}
+    assert new["data"] == {"manifest": "data/shapes-quickstart/manifest.jsonl", "dataset": "shapes",
+                           "dataset_options": {"images": 40}}
+    assert new["objectives"] == {"word_spotting": 1.0} and "model.answer_head is now task.head" in notes
+    cfg = run_config_from(old)
+    assert cfg.task["head"] == "guided" and cfg.data.dataset == "shapes"
+    with pytest.warns(RecipeUpgraded, match="model.answer_head is now task.head"):
+        assert load_config(None, ["--model.answer_head=guided"]).task == {"head": "guided"}
 
 
 def test_speed_perturbation_range_and_audio_positions_are_checked():

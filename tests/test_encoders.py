@@ -307,8 +307,10 @@ def test_relations_ignore_padding_and_need_coordinates():
     assert torch.allclose(pointer.sum(-1), torch.ones(2)) and pointer[1, 4:].max() < 1e-6
     with pytest.raises(ValueError, match="coordinates"):
         head(cls, question, image, mask)
-    with pytest.raises(ValueError, match="answer_relations: needs answer_head=guided"):
-        small_cfg(answer_relations=True).validate()
+    from omniformer.config import ConfigError
+    from omniformer.tasks.qa import QAConfig
+    with pytest.raises(ConfigError, match="relations: needs head=guided"):
+        QAConfig(relations=True).validate()
 
 
 def _closest_object_batch(B, g, words, positions, grid=6, objects=6):
@@ -459,23 +461,22 @@ def test_grounding_loss_and_match():
 
 
 def test_guided_answer_head_in_qa_model_any_modalities():
-    from omniformer.tasks.qa import QAModel
+    from omniformer.tasks.qa import QAConfig, QAModel
     for relations in (False, True):
         for heard in ("tower", "words"):
-            model = QAModel(small_cfg(answer_head="guided", answer_relations=relations, spoken_question=heard),
-                            num_answers=7)
+            model = QAModel(small_cfg(), 7, QAConfig(head="guided", relations=relations, spoken_question=heard))
             for rows in (dict(), dict(image_rows=[True, False, True, True]), dict(text_rows=[False, True, True, False]),
                          dict(text_rows=[False, True, True, False], audio_rows=[True, False, True, False])):
                 logits = model(make_batch(**rows))["logits"]
                 assert logits.shape == (4, 7) and torch.isfinite(logits).all(), (relations, heard, rows)
-    with pytest.raises(ValueError, match="answer_head=guided"):
-        QAModel(small_cfg(answer_head="guided", towers_from={"text": "bert:/nowhere"}), num_answers=3)
+    with pytest.raises(ValueError, match="task.head=guided"):
+        QAModel(small_cfg(towers_from={"text": "bert:/nowhere"}), 3, QAConfig(head="guided"))
 
 
 def test_spoken_question_heard_as_words_through_the_text_projection():
-    from omniformer.tasks.qa import QAModel
+    from omniformer.tasks.qa import QAConfig, QAModel
     torch.manual_seed(0)
-    model = QAModel(small_cfg(answer_head="guided", spoken_question="words"), num_answers=7, spoken_words=0.5)
+    model = QAModel(small_cfg(), 7, QAConfig(head="guided", spoken_question="words", word_spotting=0.5))
     batch = make_batch(text_rows=[True, True, False, False], audio_rows=[False, False, True, True])
     batch["transcript"], batch["transcript_mask"] = batch["text"].clone(), batch["text_mask"].clone()
     batch["transcript_mask"][:2] = False                   # rows 2-3 were spoken; row 3 has no transcript
@@ -498,9 +499,9 @@ def test_spoken_question_heard_as_words_through_the_text_projection():
     from omniformer.tasks.qa.losses import word_presence_loss
     expected = word_presence_loss(word_logits, batch["transcript"], batch["transcript_mask"],
                                   torch.tensor([False, False, True, False]))
-    assert torch.allclose(out["spoken_words_loss"], expected, atol=1e-6)
+    assert torch.allclose(out["word_spotting_loss"], expected, atol=1e-6)
     assert torch.allclose(out["loss"], out["answer_loss"] + 0.5 * expected, atol=1e-6)
-    out["spoken_words_loss"].backward()
+    out["word_spotting_loss"].backward()
     assert model.word_spotter.score.weight.grad.abs().sum() > 0
     assert model.word_spotter.frames.convs[0].weight.grad.abs().sum() > 0         # its own frames
     assert model.backbone.embedders["audio"].convs[0].weight.grad is None           # not the model's
@@ -516,11 +517,12 @@ def test_spoken_question_heard_as_words_through_the_text_projection():
 
 def test_qa_model_adds_the_grounding_loss_in_training():
     from omniformer.tasks.qa.losses import grounding_loss
-    from omniformer.tasks.qa import QAModel
+    from omniformer.config import ConfigError
+    from omniformer.tasks.qa import QAConfig, QAModel
     torch.manual_seed(0)
-    with pytest.raises(ValueError, match="answer_relations=true"):
-        QAModel(small_cfg(answer_head="guided"), num_answers=7, grounding=0.2)
-    model = QAModel(small_cfg(answer_head="guided", answer_relations=True), num_answers=7, grounding=0.2)
+    with pytest.raises(ConfigError, match="relations=true"):
+        QAConfig(head="guided", grounding=0.2).validate()
+    model = QAModel(small_cfg(), 7, QAConfig(head="guided", relations=True, grounding=0.2))
     batch = make_batch(image_rows=[True, True, False, True], text_rows=[True, True, True, False])
     batch["answer"] = torch.tensor([1, 2, 3, 4])
     out = model(batch)
@@ -539,9 +541,9 @@ def test_question_in_text_and_speech_reads_the_text_and_trains_the_spotter():
     """A question asked in text whose recording comes along (spotter_overhears): the head reads
     the written words, the spotter learns from the recording."""
     from omniformer.tasks.qa.losses import word_presence_loss
-    from omniformer.tasks.qa import QAModel
+    from omniformer.tasks.qa import QAConfig, QAModel
     torch.manual_seed(0)
-    model = QAModel(small_cfg(answer_head="guided", spoken_question="words"), num_answers=7, spoken_words=1.0)
+    model = QAModel(small_cfg(), 7, QAConfig(head="guided", spoken_question="words", word_spotting=1.0))
     batch = make_batch(text_rows=[True, True, False, False], audio_rows=[True, False, True, False])
     batch["transcript"] = batch["text"].clone()
     batch["transcript_mask"] = batch["text_mask"].clone()
@@ -557,12 +559,12 @@ def test_question_in_text_and_speech_reads_the_text_and_trains_the_spotter():
     assert torch.allclose(question["text"][2], heard @ table / heard.sum().clamp(min=1.0), atol=1e-5)  # row 2: heard
     expected = word_presence_loss(word_logits, batch["transcript"], batch["transcript_mask"],
                                   torch.tensor([True, False, True, False]))
-    assert torch.allclose(model(batch)["spoken_words_loss"], expected, atol=1e-6)
+    assert torch.allclose(model(batch)["word_spotting_loss"], expected, atol=1e-6)
 
 
 def test_word_spotter_frames_carry_no_position():
     from omniformer.tasks.qa.heads import WordSpotter
-    cfg = small_cfg(answer_head="guided", spoken_question="words")
+    cfg = small_cfg()
     spotter = WordSpotter.from_config(cfg)
     assert isinstance(spotter.frames.positions, nn.Identity) and cfg.audio.positions != "none"
     with pytest.raises(ValueError, match="frames of its own"):

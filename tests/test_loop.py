@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 from omniformer.config import TrainConfig
 from omniformer.data.batching import collate
 from omniformer.train import checkpoint as ckpt
-from omniformer.train.loop import fit, resolve_device
+from omniformer.train.loop import Curriculum, fit, resolve_device
 
 
 class Toy(Dataset):
@@ -145,8 +145,8 @@ class IndexRecorder(ToyModel):
 def test_curriculum_draws_its_subset_first_then_everything(tmp_path):
     subset = list(range(0, 96, 3))  # 32 of the 96 samples: two batches of 16
     model = IndexRecorder()
-    config = cfg(steps=10, curriculum_steps=4, curriculum_families=["toy"])
-    fit(model, Toy(), config, tmp_path, collate_fn=collate, meta={}, curriculum=subset)
+    config = cfg(steps=10)
+    fit(model, Toy(), config, tmp_path, collate_fn=collate, meta={}, curriculum=Curriculum(subset, 4))
     early, late = model.seen[:4], model.seen[4:]
     assert all(set(b) <= set(subset) for b in early)
     assert sorted(i for b in early[:2] for i in b) == subset  # a whole epoch of the subset first
@@ -155,22 +155,22 @@ def test_curriculum_draws_its_subset_first_then_everything(tmp_path):
 
 def test_curriculum_resume_is_exact(tmp_path):
     subset = list(range(0, 96, 3))
-    config = cfg(steps=10, curriculum_steps=6, curriculum_families=["toy"], save_every=3)
+    config, curriculum = cfg(steps=10, save_every=3), Curriculum(subset, 6)
     straight = IndexRecorder()
-    fit(straight, Toy(), config, tmp_path / "a", collate_fn=collate, meta={}, curriculum=subset)
+    fit(straight, Toy(), config, tmp_path / "a", collate_fn=collate, meta={}, curriculum=curriculum)
     crashed = IndexRecorder(fail_at=4)  # dies during step 5, inside the curriculum, after the step-3 checkpoint
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(crashed, Toy(), config, tmp_path / "b", collate_fn=collate, meta={}, curriculum=subset)
+        fit(crashed, Toy(), config, tmp_path / "b", collate_fn=collate, meta={}, curriculum=curriculum)
     resumed = IndexRecorder()
-    fit(resumed, Toy(), config, tmp_path / "b", collate_fn=collate, meta={}, resume=True, curriculum=subset)
+    fit(resumed, Toy(), config, tmp_path / "b", collate_fn=collate, meta={}, resume=True, curriculum=curriculum)
     assert resumed.seen == straight.seen[3:]
     assert resumed.losses == pytest.approx(straight.losses[3:], abs=1e-6)
 
 
 def test_curriculum_without_samples_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="curriculum"):
-        fit(ToyModel(), Toy(), cfg(curriculum_steps=2, curriculum_families=["shape"]), tmp_path,
-            collate_fn=collate, meta={}, curriculum=[])
+        fit(ToyModel(), Toy(), cfg(), tmp_path, collate_fn=collate, meta={},
+            curriculum=Curriculum([], 2, "family in ['shape']"))
 
 
 def test_resolve_device_names_a_bad_or_missing_device():

@@ -12,7 +12,7 @@ pytest.importorskip("onnx")
 
 from omniformer.config import ModelConfig, RunConfig, TowerConfig, to_dict  # noqa: E402
 from omniformer.interop.onnx import example_inputs, export_qa, onnx_session, run_onnx  # noqa: E402
-from omniformer.tasks.qa import QAModel  # noqa: E402
+from omniformer.tasks.qa import QAConfig, QAModel  # noqa: E402
 
 TOL = 1e-4
 
@@ -60,8 +60,7 @@ def test_guided_head_with_relations_and_words_exports(tmp_path):
     bag of words, its gate opened so that it counts) and speech heard as words."""
     torch.manual_seed(2)
     cfg = small_cfg()
-    cfg.answer_head, cfg.answer_relations, cfg.spoken_question = "guided", True, "words"
-    model = QAModel(cfg, num_answers=6).eval()
+    model = QAModel(cfg, 6, QAConfig(head="guided", relations=True, spoken_question="words")).eval()
     with torch.no_grad():
         model.answer_head.relate.gate.fill_(1.0)
     _check_round_trip(model, cfg, export_qa(model, cfg, tmp_path / "qa.onnx"))

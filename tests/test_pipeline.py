@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, small_config
 
 
@@ -54,8 +55,8 @@ def test_pretrain_then_finetune_from_it_and_resume(tmp_path, small_shapes):
 def test_quickstart_cli_end_to_end(tmp_path):
     out = tmp_path / "metrics.json"
     args = [sys.executable, "-m", "omniformer.cli", "quickstart", f"--json={out}",
-            f"--out_dir={tmp_path / 'run'}", f"--data.shapes_dir={tmp_path / 'data'}",
-            "--data.shapes.images=60", "--data.shapes.voices=3", "--model.width=32", "--model.heads=2",
+            f"--out_dir={tmp_path / 'run'}", f"--data.manifest={tmp_path / 'data' / 'manifest.jsonl'}",
+            "--data.dataset_options.images=60", "--data.dataset_options.voices=3", "--model.width=32", "--model.heads=2",
             "--model.depth=1", "--pretrain.steps=3", "--finetune.steps=3", "--pretrain.batch_size=8",
             "--finetune.batch_size=8", "--pretrain.workers=0", "--finetune.workers=0", "--pretrain.progress=false",
             "--finetune.progress=false"]
@@ -78,39 +79,61 @@ def test_unknown_override_fails_clearly(tmp_path):
 
 def test_questions_asked_in_text_bring_their_recording_only_for_the_spotter():
     from omniformer.config import RunConfig
+    from omniformer.tasks.qa import QAConfig
     from omniformer.tasks.pipeline import question_modes
     samples = [{"question": f"q{i}", "question_audio": f"q{i}.wav"} for i in range(400)] + [{"question": "silent"}]
-    cfg = RunConfig(spoken_fraction=0.5)
-    asked, carried = question_modes(samples, cfg)
+    cfg, task = RunConfig(), QAConfig(spoken_fraction=0.5)
+    asked, carried = question_modes(samples, cfg, task)
     assert carried == asked and asked[-1] == "text" and 150 < asked.count("audio") < 250
-    cfg.model.answer_head, cfg.model.spoken_question, cfg.spoken_words = "guided", "words", 1.0
+    task.head, task.spoken_question, task.word_spotting = "guided", "words", 1.0
     for share, low, high in ((1.0, 1.0, 1.0), (0.5, 0.35, 0.65)):
-        cfg.spotter_overhears = share
-        heard_asked, carried = question_modes(samples, cfg)
+        task.spotter_overhears = share
+        heard_asked, carried = question_modes(samples, cfg, task)
         assert heard_asked == asked                                # the same questions are asked by voice
         assert [c for a, c in zip(asked, carried) if a == "audio"] == ["audio"] * asked.count("audio")
         in_text = [c for a, c in zip(asked[:-1], carried[:-1]) if a == "text"]
         assert set(in_text) <= {"text", "both"} and low <= in_text.count("both") / len(in_text) <= high
         assert carried[-1] == "text"                               # no recording, nothing to hear
-    cfg.spoken_words = 0.0
-    assert question_modes(samples, cfg)[1] == asked                # no spotter, no recordings for it
+    task.word_spotting = 0.0
+    assert question_modes(samples, cfg, task)[1] == asked          # no spotter, no recordings for it
 
 
 def test_with_a_curriculum_only_its_questions_bring_their_recording():
     from omniformer.config import RunConfig
+    from omniformer.tasks.qa import QAConfig
+    from omniformer.tasks.qa.config import Curriculum
     from omniformer.tasks.pipeline import question_modes
     families = ["shape", "count"]
     samples = [{"question": f"q{i}", "question_audio": f"q{i}.wav", "meta": {"family": families[i % 2]}}
                for i in range(400)]
-    cfg = RunConfig(spoken_fraction=0.5, spoken_words=1.0, spotter_overhears=1.0)
-    cfg.model.answer_head, cfg.model.spoken_question = "guided", "words"
-    cfg.finetune.curriculum_families, cfg.finetune.curriculum_steps = ["shape"], 10
-    asked, carried = question_modes(samples, cfg)
+    cfg = RunConfig()
+    task = QAConfig(head="guided", spoken_question="words", spoken_fraction=0.5, word_spotting=1.0,
+                    spotter_overhears=1.0, curriculum=Curriculum("family", ["shape"], 10))
+    asked, carried = question_modes(samples, cfg, task)
     for sample, way, carries in zip(samples, asked, carried):
         in_curriculum = sample["meta"]["family"] == "shape"
         assert carries == ("both" if way == "text" and in_curriculum else way)
     assert 50 < carried.count("both") < 150
-    cfg.finetune.curriculum_steps = 0                              # no curriculum: every family
-    assert {s["meta"]["family"] for s, c in zip(samples, question_modes(samples, cfg)[1]) if c == "both"} == set(families)
-    cfg.spoken_fraction = 0.0                                      # nothing asked by voice: nothing to hear
-    assert "both" not in question_modes(samples, cfg)[1]
+    task.curriculum.steps = 0                                      # no curriculum: every family
+    assert {s["meta"]["family"] for s, c in zip(samples, question_modes(samples, cfg, task)[1]) if c == "both"} \
+        == set(families)
+    task.spoken_fraction = 0.0                                     # nothing asked by voice: nothing to hear
+    assert "both" not in question_modes(samples, cfg, task)[1]
+
+
+def test_pretraining_reads_a_qa_manifest_without_captions(tmp_path, small_shapes):
+    """A QA manifest has questions, images and recordings: text and media to pretrain on."""
+    from omniformer.data.manifest import read_manifest, write_manifest
+    from omniformer.tasks.pipeline import pretrain, pretraining_samples
+    questions = [s for s in read_manifest(small_shapes) if s.get("question")][:200]
+    manifest = write_manifest(small_shapes.parent / "questions-only.jsonl", questions)
+    splits = pretraining_samples(manifest)
+    first = splits["train"][0]
+    assert first["text"] and "question" not in first and "answer" not in first and first.get("audio")
+    cfg = small_config(tmp_path, small_shapes.parent, f"--data.manifest={manifest}", "--data.dataset=",
+                       "--pretrain.steps=2", "--pretrain.batch_size=8", "--pretrain.eval_every=2",
+                       "--pretrain.save_every=2")
+    assert (pretrain(cfg) / "model.safetensors").is_file()
+    images_only = write_manifest(tmp_path / "images.jsonl", [{"id": "a", "image": str(small_shapes.parent / first["image"])}])
+    with pytest.raises(ValueError, match="nothing to pretrain on"):
+        pretraining_samples(images_only)

@@ -40,10 +40,10 @@ def test_recipes_lists_and_prints_every_key(capsys):
 def test_train_evaluate_predict_for_qa(tmp_path, small_shapes, capsys):
     """``train qa`` is ``finetune``; the checkpoint names its task, so evaluate and predict need only --model."""
     out = tmp_path / "run"
-    common = [f"--out_dir={out}", f"--data.shapes_dir={small_shapes.parent}", *SMALL_SHAPES, *SMALL_MODEL,
+    common = [f"--out_dir={out}", f"--data.manifest={small_shapes}", *SMALL_SHAPES, *SMALL_MODEL,
               "--finetune.steps=4", "--finetune.eval_every=4", "--finetune.save_every=4", "--finetune.batch_size=16",
               "--finetune.workers=0", "--finetune.progress=false", "--finetune.eval_batches=1",
-              "--finetune.curriculum_steps=0"]
+              "--task.curriculum.steps=0"]
     assert main(["train", "qa", "--config", str(ROOT / "configs" / "quickstart.yaml"), *common]) == 0
     model = out / "qa" / "best"
     assert task_of_checkpoint(model).name == "qa"
@@ -77,3 +77,29 @@ def test_train_evaluate_predict_for_qa(tmp_path, small_shapes, capsys):
     moved = tmp_path / "moved"
     shutil.copytree(model, moved)
     assert task_of_checkpoint(moved).name == "qa"
+
+
+def test_a_checkpoint_from_before_the_task_sections_loads(tmp_path, trained_qa, capsys):
+    """Checkpoints written when QA's head knobs sat in ``model`` and ShapesWorld in ``data.shapes``."""
+    from omniformer.tasks.qa import QAPredictor
+    model_dir, manifest = trained_qa
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    meta = json.loads((old / "config.json").read_text())
+    cfg = meta["config"]
+    task = cfg.pop("task")
+    old_names = {"head": "answer_head", "relations": "answer_relations", "glimpses": "answer_glimpses",
+                 "spoken_question": "spoken_question"}
+    cfg["model"].update({old_names[k]: v for k, v in task.items() if k in old_names}, num_answers=len(meta["answers"]))
+    cfg.update({{"word_spotting": "spoken_words"}.get(k, k): v for k, v in task.items()
+                if k in ("spoken_fraction", "word_spotting", "spotter_overhears", "grounding")})
+    curriculum = task.get("curriculum", {})
+    cfg["finetune"].update(curriculum_families=curriculum.get("values", []), curriculum_steps=curriculum.get("steps", 0))
+    data = cfg["data"]
+    data["shapes_dir"], data["shapes"] = str(manifest.parent), data.pop("dataset_options")
+    data.pop("dataset")
+    (old / "config.json").write_text(json.dumps(meta))
+    predictor = QAPredictor.load(old)
+    assert predictor.task_cfg.head == task["head"] and predictor.task_cfg.spoken_fraction == task["spoken_fraction"]
+    assert main(["evaluate", "--model", str(old), "--manifest", str(manifest), "--ways", "text", "--workers", "0"]) == 0
+    assert "accuracy" in capsys.readouterr().out

@@ -43,7 +43,7 @@ def build_random_qa_checkpoint(out: Path, config: str | Path = "configs/quicksta
 
     from omniformer.config import load_config
     from omniformer.data.text import Tokenizer
-    from omniformer.tasks.qa import QAModel
+    from omniformer.tasks.qa import QAModel, qa_config
     from omniformer.train.checkpoint import save_checkpoint
     config = Path(config)
     if not config.is_absolute():
@@ -51,9 +51,8 @@ def build_random_qa_checkpoint(out: Path, config: str | Path = "configs/quicksta
     cfg = load_config(config)
     tokenizer = Tokenizer.train(QUESTIONS * 5 + ["a red circle left of a blue square"], 100)
     cfg.model.vocab_size = tokenizer.vocab_size
-    cfg.model.num_answers = len(ANSWERS)
     torch.manual_seed(0)
-    model = QAModel(cfg.model, len(ANSWERS))
+    model = QAModel(cfg.model, len(ANSWERS), qa_config(cfg))
     meta = {"task": "qa", "config": dataclasses.asdict(cfg), "answers": ANSWERS, "model_id": model_id}
     return save_checkpoint(out, model, meta, tokenizer)
 

@@ -17,12 +17,12 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from omniformer.config import ShapesConfig
-from omniformer.data.shapes import ANSWERS, COLOURS, FAMILIES, SHAPES, generate_shapes
-from omniformer.data.shapes.language import vocabulary
+from omniformer.datasets.shapes import ShapesConfig
+from omniformer.datasets.shapes import ANSWERS, COLOURS, FAMILIES, SHAPES, generate_shapes
+from omniformer.datasets.shapes.language import vocabulary
 
 NUM = ["zero", "one", "two", "three", "four", "five", "six"]
-BANK = Path(__file__).resolve().parents[1] / "omniformer" / "data" / "shapes" / "bank"
+BANK = Path(__file__).resolve().parents[1] / "omniformer" / "datasets" / "shapes" / "bank"
 
 
 def read(manifest: Path) -> list[dict]:
@@ -312,7 +312,7 @@ def test_every_word_is_in_the_bank_for_every_voice(free):
 
 
 def test_objects_come_back_from_their_metadata():
-    from omniformer.data.shapes.scene import Obj, sample_scene
+    from omniformer.datasets.shapes.scene import Obj, sample_scene
     rng = np.random.default_rng(0)
     for layout in ("free", "grid"):
         for _ in range(20):

@@ -3,7 +3,7 @@ import torch
 
 from omniformer.config import load_config
 from omniformer.tasks.pretrain import PretrainingModel
-from omniformer.tasks.qa import QAModel, accuracy_report
+from omniformer.tasks.qa import QAConfig, QAModel, accuracy_report
 
 
 def batch(B=8, vocab=60):
@@ -64,30 +64,38 @@ def test_accuracy_report_groups():
     samples = [{"answer": "a", "meta": {"family": "shape", "relational": False}},
                {"answer": "b", "meta": {"family": "closest", "relational": True, "held_out_voice": True}},
                {"answer": "b", "meta": {"family": "closest", "relational": True, "held_out_voice": False}}]
-    report = accuracy_report(samples + samples[1:], ["a", "b", "a", "a", "b"], [False, False, False, True, True])
+    report = accuracy_report(samples + samples[1:], ["a", "b", "a", "a", "b"], [False, False, False, True, True],
+                             groups=["family", "relational"], spoken_groups=["held_out_voice"])
     assert report["text/non_relational"] == 1.0 and report["text/relational"] == 0.5
-    assert report["spoken/held_out_voice"] == 0.0 and report["spoken/seen_voice"] == 1.0
+    assert report["text/family/closest"] == 0.5 and report["spoken/family/closest"] == 0.5
+    assert report["spoken/held_out_voice"] == 0.0 and report["spoken/non_held_out_voice"] == 1.0
+    assert "text/held_out_voice" not in report                     # a spoken group, for spoken questions only
     assert report["accuracy"] == 3 / 5
+    # Groups come from the recipe: a user's own meta keys group the same way, and none are implied.
+    assert set(accuracy_report(samples, ["a", "b", "b"], [False] * 3)) == {"accuracy", "text/accuracy"}
+    mine = accuracy_report([{"answer": "a", "meta": {"question_type": "what color"}}], ["a"], [False],
+                           groups=["question_type"])
+    assert mine["text/question_type/what color"] == 1.0
 
 
 def test_spoken_words_pretraining_trains_a_spotter_that_qa_starts_from(tmp_path):
     from omniformer.train import checkpoint as ckpt
-    cfg = small_cfg("--objectives.spoken_words=1.0", "--model.answer_head=guided", "--model.spoken_question=words",
-                    "--spoken_words=1.0")
+    cfg = small_cfg("--objectives.word_spotting=1.0")
+    task = QAConfig(head="guided", spoken_question="words", word_spotting=1.0)
     model = PretrainingModel(cfg.model, cfg.objectives, [0, 1, 2, 3, 4], mask_id=4)
     out = model(batch())
-    assert torch.isfinite(out["spoken_words_loss"])
+    assert torch.isfinite(out["word_spotting_loss"])
     out["loss"].backward()
     assert model.word_spotter.score.weight.grad.abs().sum() > 0
     assert PretrainingModel(cfg.model, small_cfg().objectives, [0, 1, 2, 3, 4], mask_id=4).word_spotter is None
     ckpt.save_checkpoint(tmp_path / "pre", model, {"task": "pretrain"})
-    qa = QAModel(cfg.model, num_answers=5)
+    qa = QAModel(cfg.model, 5, task)
     qa.load_pretrained(tmp_path / "pre")
     assert torch.equal(qa.word_spotter.score.weight, model.word_spotter.score.weight)
     assert torch.equal(qa.backbone.fusion.blocks[0].attn.qkv.weight, model.backbone.fusion.blocks[0].attn.qkv.weight)
     without = PretrainingModel(cfg.model, small_cfg().objectives, [0, 1, 2, 3, 4], mask_id=4)
     ckpt.save_checkpoint(tmp_path / "plain", without, {"task": "pretrain"})
-    fresh = QAModel(cfg.model, num_answers=5)
+    fresh = QAModel(cfg.model, 5, task)
     before = fresh.word_spotter.score.weight.clone()
     fresh.load_pretrained(tmp_path / "plain")                  # no spotter there: it keeps its own
     assert torch.equal(fresh.word_spotter.score.weight, before)
@@ -97,7 +105,7 @@ def test_guided_matching_pretrains_the_head_that_qa_answers_with(tmp_path, monke
     import omniformer.tasks.pretrain as pretrain
     from omniformer.objectives import matching_loss
     from omniformer.train import checkpoint as ckpt
-    cfg = small_cfg("--objectives.guided_matching=1.0", "--model.answer_head=guided", "--model.answer_glimpses=2")
+    cfg = small_cfg("--objectives.guided_matching=1.0", "--objectives.guided_glimpses=2")
     torch.manual_seed(0)
     model = PretrainingModel(cfg.model, cfg.objectives, [0, 1, 2, 3, 4], mask_id=4)
     b = batch()
@@ -126,7 +134,7 @@ def test_guided_matching_pretrains_the_head_that_qa_answers_with(tmp_path, monke
     assert torch.allclose(loss, matching_loss(pos, neg))
 
     ckpt.save_checkpoint(tmp_path / "pre", model, {"task": "pretrain"})
-    qa = QAModel(cfg.model, num_answers=5)
+    qa = QAModel(cfg.model, 5, QAConfig(head="guided", glimpses=2))
     output = qa.answer_head.classifier.net[-1].weight.clone()
     qa.load_pretrained(tmp_path / "pre")
     assert torch.equal(qa.answer_head.key[1].weight, head.key[1].weight)
@@ -137,12 +145,11 @@ def test_guided_matching_pretrains_the_head_that_qa_answers_with(tmp_path, monke
 
 def test_guided_matching_checkpoint_loads_into_a_head_with_relations(tmp_path):
     from omniformer.train import checkpoint as ckpt
-    cfg = small_cfg("--objectives.guided_matching=1.0", "--model.answer_head=guided")
+    cfg = small_cfg("--objectives.guided_matching=1.0")
     torch.manual_seed(0)
     model = PretrainingModel(cfg.model, cfg.objectives, [0, 1, 2, 3, 4], mask_id=4)
     ckpt.save_checkpoint(tmp_path / "pre", model, {"task": "pretrain"})
-    cfg.model.answer_relations = True
-    qa = QAModel(cfg.model, num_answers=5)
+    qa = QAModel(cfg.model, 5, QAConfig(head="guided", relations=True))
     first = qa.answer_head.classifier.net[0].weight.clone()
     qa.load_pretrained(tmp_path / "pre")       # matching had no relations: those and the classifier's input are new
     head = model.guided_matching_head

@@ -11,7 +11,7 @@ from conftest import small_config
 
 def test_word_spotter_hears_colour_words_in_new_recordings(tmp_path, small_shapes):
     from omniformer.data.batching import MultimodalDataset, collate
-    from omniformer.data.shapes.scene import COLOURS
+    from omniformer.datasets.shapes.scene import COLOURS
     from omniformer.model import Omniformer
     from omniformer.tasks.qa.heads import WordSpotter
     from omniformer.tasks.qa.losses import word_presence_loss

@@ -8,8 +8,9 @@ list of them into the batch contract every model in Omniformer reads:
     audio  (B, M, T),    audio_mask (B, T)  bool   True on real frames
     answer / label (B,) long, -100 where the sample has none
 
-A modality no sample in the batch has is left out of the batch. ``BucketBatchSampler``
-groups samples of similar text/audio length so padding stays small.
+and likewise for every other registered modality (``omniformer.registry.MODALITIES``: its
+``Modality`` loads and pads it). A modality no sample in the batch has is left out of the
+batch. ``BucketBatchSampler`` groups samples of similar text/audio length so padding stays small.
 """
 from __future__ import annotations
 
@@ -32,12 +33,16 @@ IGNORE = -100
 class MultimodalDataset(Dataset):
     """Preprocessed samples of a manifest.
 
-    ``text_field`` and ``audio_field`` say which manifest fields feed the text and audio
-    encoders (captions: text/audio; QA: question/question_audio). ``modes`` picks, per
-    sample, which of them to use: "text", "audio" or "both" (spoken questions are the
-    same samples with the audio view). With ``transcripts``, a sample used by voice ("audio" or
-    "both") also carries its text tokens as ``transcript``: a training target for the spoken
-    view that no encoder reads.
+    Each modality the dataset has a preprocessor for is read from its manifest field: text
+    through ``tokenizer``, images through ``image``, recordings through ``audio``, any other
+    registered modality through ``preprocessors[name]`` (what its ``Modality.preprocessor``
+    gives). A modality reads its first field (``Modality.fields``) unless ``fields`` names
+    another; ``text_field`` and ``audio_field`` say it for text and audio (captions: text/audio;
+    QA: question/question_audio). ``modes`` picks, per sample, which of text and audio to use:
+    "text", "audio" or "both" (spoken questions are the same samples with the audio view); the
+    other modalities are read in every mode. With ``transcripts``, a sample used by voice
+    ("audio" or "both") also carries its text tokens as ``transcript``: a training target for
+    the spoken view that no encoder reads.
     """
 
     def __init__(self, manifest: str | Path, samples: Sequence[dict[str, Any]], *,
@@ -45,23 +50,36 @@ class MultimodalDataset(Dataset):
                  audio: Callable | None = None, text_field: str = "text", audio_field: str = "audio",
                  text_max_len: int = 64, answers: Sequence[str] | None = None,
                  modes: Sequence[str] | str = "both", transcripts: bool = False,
-                 cache_audio: bool = True, cache_images: bool = True):
+                 cache_audio: bool = True, cache_images: bool = True,
+                 preprocessors: dict[str, Callable] | None = None, fields: dict[str, str] | None = None):
+        from ..registry import get_modality
         self.manifest = Path(manifest)
         self.samples = list(samples)
-        self.tokenizer, self.image, self.audio = tokenizer, image, audio
-        self.text_field, self.audio_field, self.text_max_len = text_field, audio_field, text_max_len
+        self.tokenizer, self.text_max_len = tokenizer, text_max_len
         self.answer_index = {a: i for i, a in enumerate(answers)} if answers is not None else None
         self.modes = [modes] * len(self.samples) if isinstance(modes, str) else list(modes)
         self.transcripts = transcripts
         if len(self.modes) != len(self.samples):
             raise ValueError(f"modes: expected {len(self.samples)} entries, got {len(self.modes)}")
+        self.preprocessors = {name: pre for name, pre in (("image", image), ("audio", audio)) if pre is not None}
+        self.preprocessors.update(preprocessors or {})
+        self.image, self.audio = self.preprocessors.get("image"), self.preprocessors.get("audio")
+        text = self.preprocessors.pop("text", None)
+        self._encode_text = text or (functools.partial(_token_ids, tokenizer, text_max_len) if tokenizer else None)
+        modalities = {name: get_modality(name) for name in self.preprocessors}  # unknown names fail here
+        self.fields = {name: m.fields[0] for name, m in modalities.items()}
+        self.fields.update({"text": text_field, "audio": audio_field, **(fields or {})})
+        self.text_field, self.audio_field = self.fields["text"], self.fields["audio"]
         # Many samples share one image (captions and questions about the same scene) or one
         # recording (one per distinct sentence), so deterministic features are computed once
-        # per worker and kept; augmented ones are drawn fresh every time. An audio preprocessor
-        # with ``features`` and ``perturb`` (AudioPreprocessor) perturbs features, not waveforms,
-        # so its features are cached even when it augments.
-        self._audio_features = self._cached(self._load_audio, audio, cache_audio, 8192)
-        self._image_features = self._cached(self._load_image, image, cache_images, 16384)
+        # per worker and kept; augmented ones are drawn fresh every time. A preprocessor with
+        # ``features`` and ``perturb`` (AudioPreprocessor) perturbs features, not waveforms, so
+        # its features are cached even when it augments. Only files are cached (by their path).
+        cache = {"audio": cache_audio, "image": cache_images}
+        self._features = {
+            name: self._cached(functools.partial(self._load, name, m.files), self.preprocessors[name],
+                               cache.get(name, True) and m.files, 16384 if name == "image" else 8192)
+            for name, m in modalities.items()}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -72,30 +90,29 @@ class MultimodalDataset(Dataset):
                                                       or not getattr(preprocessor, "augment", False))
         return functools.lru_cache(maxsize=size)(load) if enabled and deterministic else load
 
-    def _load_audio(self, rel: str) -> torch.Tensor:
-        load = getattr(self.audio, "features", self.audio)
-        return load(resolve(self.manifest, rel))
-
-    def _load_image(self, rel: str) -> torch.Tensor:
-        return self.image(resolve(self.manifest, rel))
+    def _load(self, name: str, files: bool, value: Any) -> torch.Tensor:
+        preprocessor = self.preprocessors[name]
+        load = getattr(preprocessor, "features", preprocessor)
+        return load(resolve(self.manifest, value) if files else value)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample, mode = self.samples[index], self.modes[index]
         item: dict[str, Any] = {"index": index}
-        text = sample.get(self.text_field)
-        as_text, as_transcript = mode in ("text", "both"), self.transcripts and mode in ("audio", "both")
-        if self.tokenizer is not None and text and (as_text or as_transcript):
-            tokens = torch.tensor(self.tokenizer.encode(text, self.text_max_len), dtype=torch.long)
+        views = VIEWS.get(mode, ())
+        text = sample.get(self.fields["text"])
+        as_text, as_transcript = "text" in views, self.transcripts and "audio" in views
+        if self._encode_text is not None and text and (as_text or as_transcript):
+            tokens = self._encode_text(text)
             if as_text:
                 item["text"] = tokens
             if as_transcript:
                 item["transcript"] = tokens
-        if self.image is not None and sample.get("image"):
-            item["image"] = self._image_features(sample["image"])
-        audio_rel = sample.get(self.audio_field)
-        if self.audio is not None and audio_rel and mode in ("audio", "both"):
-            features = self._audio_features(audio_rel)
-            item["audio"] = self.audio.perturb(features) if hasattr(self.audio, "perturb") else features
+        for name, preprocessor in self.preprocessors.items():
+            value = sample.get(self.fields[name])
+            if not value or (name in VIEWED and name not in views):
+                continue
+            features = self._features[name](value)
+            item[name] = preprocessor.perturb(features) if hasattr(preprocessor, "perturb") else features
         if self.answer_index is not None and sample.get("answer") is not None:
             answer = sample["answer"]
             if answer not in self.answer_index:
@@ -110,42 +127,38 @@ class MultimodalDataset(Dataset):
         info = functools.lru_cache(maxsize=None)(lambda rel: sf.info(str(resolve(self.manifest, rel))).duration)
         for sample, mode in zip(self.samples, self.modes):
             n = 0
-            if sample.get(self.text_field) and mode in ("text", "both"):
-                n += len(sample[self.text_field].split()) + 2
-            if sample.get(self.audio_field) and mode in ("audio", "both"):
-                n += int(info(sample[self.audio_field]) * 25)
+            text, audio = sample.get(self.fields["text"]), sample.get(self.fields["audio"])
+            if text and mode in ("text", "both"):
+                n += len(text.split()) + 2
+            if audio and mode in ("audio", "both"):
+                n += int(info(audio) * 25)
             out.append(n)
         return out
 
 
+# Which of the question's two ways each mode reads; modalities outside VIEWED are read in every mode.
+VIEWS = {"text": ("text",), "audio": ("audio",), "both": ("text", "audio")}
+VIEWED = ("text", "audio")
+# Batch entries padded like a modality that no embedder reads: the spoken view's transcript.
+PADDED_LIKE = {"transcript": "text"}
+
+
+def _token_ids(tokenizer: Tokenizer, max_len: int, text: str) -> torch.Tensor:
+    return torch.tensor(tokenizer.encode(text, max_len), dtype=torch.long)
+
+
 def collate(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Pad a list of dataset items into one batch, with a mask per modality."""
+    """Pad a list of dataset items into one batch, with a mask per modality: every registered
+    modality some item has, padded by its ``Modality.collate`` (text with ``pad_id``)."""
+    from ..registry import get_modality, modality_names
     batch: dict[str, torch.Tensor] = {"index": torch.tensor([it["index"] for it in items])}
-    n = len(items)
-    for key in ("text", "transcript"):
-        texts = [it.get(key) for it in items]
-        if any(t is not None for t in texts):
-            length = max(len(t) for t in texts if t is not None)
-            batch[key] = torch.full((n, length), pad_id, dtype=torch.long)
-            batch[f"{key}_mask"] = torch.zeros((n, length), dtype=torch.bool)
-            for i, t in enumerate(texts):
-                if t is not None:
-                    batch[key][i, : len(t)] = t
-                    batch[f"{key}_mask"][i, : len(t)] = True
-    images = [it.get("image") for it in items]
-    if any(im is not None for im in images):
-        shape = next(im for im in images if im is not None).shape
-        batch["image"] = torch.stack([im if im is not None else torch.zeros(shape) for im in images])
-        batch["image_mask"] = torch.tensor([im is not None for im in images])
-    audios = [it.get("audio") for it in items]
-    if any(a is not None for a in audios):
-        mels, frames = next(a for a in audios if a is not None).shape[0], max(a.shape[1] for a in audios if a is not None)
-        batch["audio"] = torch.zeros((n, mels, frames))
-        batch["audio_mask"] = torch.zeros((n, frames), dtype=torch.bool)
-        for i, a in enumerate(audios):
-            if a is not None:
-                batch["audio"][i, :, : a.shape[1]] = a
-                batch["audio_mask"][i, : a.shape[1]] = True
+    keys = [(key, name) for name in modality_names()
+            for key in (name, *(k for k, like in PADDED_LIKE.items() if like == name))]
+    for key, name in keys:
+        values = [it.get(key) for it in items]
+        if any(v is not None for v in values):
+            pad = pad_id if name == "text" else None
+            batch[key], batch[f"{key}_mask"] = get_modality(name).collate(values, pad_value=pad)
     for key in ("answer", "label"):
         if any(key in it for it in items):
             batch[key] = torch.tensor([it.get(key, IGNORE) for it in items], dtype=torch.long)

@@ -10,7 +10,9 @@ model was built with)::
     audio       float  (batch, n_mels, frames)  log-mel features (AudioPreprocessor)
     audio_mask  bool   (batch, frames)          True on real frames
 
-and returns ``logits`` (batch, answers or labels). Batch, text length and audio frames are dynamic.
+and returns ``logits`` (batch, answers or labels); another registered modality adds its
+``name`` and ``name_mask`` the same way, in registry order (``Modality.dynamic_axes``,
+``Modality.example_inputs``). Batch, text length and audio frames are dynamic.
 Every input is required: a sample without a question in text gets an all-False ``text_mask``
 row (and likewise for audio); a batch without any text still needs a (batch, 1) text input.
 A JSON sidecar (``<out>.json``) holds the task, its output vocabulary and the preprocessing settings.
@@ -29,12 +31,19 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig, to_dict
+from ..registry import get_modality, modality_names
 from ..tasks.base import ExportGraph
 
-INPUTS = ("text", "text_mask", "image", "image_mask", "audio", "audio_mask")
-DYNAMIC = {"text": {0: "batch", 1: "text_len"}, "text_mask": {0: "batch", 1: "text_len"},
-           "image": {0: "batch"}, "image_mask": {0: "batch"},
-           "audio": {0: "batch", 2: "frames"}, "audio_mask": {0: "batch", 1: "frames"}}
+
+def input_names(modalities: list[str]) -> list[str]:
+    """The graph's inputs for a model of ``modalities``: each one's tensor and mask, in registry
+    order (text, text_mask, image, image_mask, audio, audio_mask for the built-ins)."""
+    return [key for m in modality_names() if m in modalities for key in get_modality(m).batch_keys]
+
+
+def dynamic_axes(modalities: list[str]) -> dict[str, dict[int, str]]:
+    """The dynamic axes of those inputs, as each modality declares them."""
+    return {k: v for m in modality_names() if m in modalities for k, v in get_modality(m).dynamic_axes().items()}
 
 
 class BatchGraph(nn.Module):
@@ -44,7 +53,7 @@ class BatchGraph(nn.Module):
     def __init__(self, model: nn.Module, modalities: list[str], output: str = "logits"):
         super().__init__()
         self.model, self.modalities, self.output = model, list(modalities), output
-        self.input_names = [n for n in INPUTS if n.split("_")[0] in self.modalities]
+        self.input_names = input_names(self.modalities)
 
     def forward(self, *tensors: Tensor) -> Tensor:
         return self.model(dict(zip(self.input_names, tensors)))[self.output]
@@ -56,32 +65,21 @@ def batch_graph(model: nn.Module, cfg: ModelConfig, sidecar: dict[str, Any] | No
     # Batch 2 and real padding, so no shape is specialised to 1 and the mask paths are traced.
     inputs = example_inputs(cfg, batch=2)
     return ExportGraph(graph, {n: inputs[n] for n in graph.input_names}, ["logits"],
-                       {**{n: DYNAMIC[n] for n in graph.input_names}, "logits": {0: "batch"}},
+                       {**dynamic_axes(graph.modalities), "logits": {0: "batch"}},
                        {"model": to_dict(cfg), **(sidecar or {})})
 
 
 def example_inputs(cfg: ModelConfig, batch: int = 2, text_len: int | None = None, frames: int | None = None,
                    seed: int = 0) -> dict[str, Tensor]:
-    """Random but well-formed inputs for ``cfg`` (some padding in every variable-length input)."""
+    """Random but well-formed inputs for ``cfg`` (some padding in every variable-length input),
+    each modality's from its ``Modality.example_inputs``, in registry order from one generator;
+    ``text_len`` and ``frames``: the text and audio lengths."""
     g = torch.Generator().manual_seed(seed)
+    lengths = {"text": text_len, "audio": frames}
     out: dict[str, Tensor] = {}
-    if "text" in cfg.modalities:
-        L = text_len or min(12, cfg.text.max_len)
-        lengths = torch.randint(1, L + 1, (batch,), generator=g)
-        lengths[0] = L
-        mask = torch.arange(L)[None, :] < lengths[:, None]
-        ids = torch.randint(1, max(cfg.vocab_size, 2), (batch, L), generator=g)
-        out["text"], out["text_mask"] = ids.masked_fill(~mask, getattr(cfg.text, "pad_id", 0)), mask
-    if "image" in cfg.modalities:
-        c = cfg.image
-        out["image"] = torch.randn(batch, c.channels, c.size, c.size, generator=g)
-        out["image_mask"] = torch.ones(batch, dtype=torch.bool)
-    if "audio" in cfg.modalities:
-        T = frames or 40
-        lengths = torch.randint(1, T + 1, (batch,), generator=g)
-        lengths[0] = T
-        out["audio"] = torch.randn(batch, cfg.audio.n_mels, T, generator=g)
-        out["audio_mask"] = torch.arange(T)[None, :] < lengths[:, None]
+    for m in modality_names():
+        if m in cfg.modalities:
+            out.update(get_modality(m).example_inputs(cfg, batch, g, lengths.get(m)))
     return out
 
 

@@ -5,7 +5,8 @@ accepts ``token_mask (B, N)``: True tokens are replaced by a learned [MASK] embe
 positions are added (masked patch modelling). Image and audio embedders also expose
 ``patchify(batch) -> (B, N, patch_dim)``, the regression targets of those tokens.
 
-Adding a modality is one class and one registry line::
+A new modality's embedder subclasses ``Embedder`` and is named by its ``Modality``
+(``omniformer.modalities``; docs/adding-a-modality.md)::
 
     class DepthEmbedder(Embedder):
         modality = "depth"
@@ -13,8 +14,6 @@ Adding a modality is one class and one registry line::
         def forward(self, batch, token_mask=None):
             x, mask = self.proj(batch["depth"]), batch["depth_mask"]
             return self.finish(self.apply_token_mask(x, token_mask), mask)
-
-    ENCODERS["depth"] = DepthEmbedder
 """
 from __future__ import annotations
 
@@ -259,6 +258,3 @@ class AudioEmbedder(Embedder):
         n = -(-T // s)
         x = F.pad(x, (0, n * s - T))
         return x.reshape(x.size(0), self.n_mels, n, s).permute(0, 2, 3, 1).reshape(x.size(0), n, s * self.n_mels)
-
-
-ENCODERS: dict[str, type[Embedder]] = {"text": TextEmbedder, "image": ImageEmbedder, "audio": AudioEmbedder}

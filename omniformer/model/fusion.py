@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .encoders import ENCODERS, embedder_config
+from ..registry import get_modality
+from .encoders import embedder_config
 from .transformer import Encoder, block_kwargs, tower_kwargs
 
 
@@ -80,7 +81,8 @@ class Omniformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.modalities = list(cfg.modalities)
-        self.embedders = nn.ModuleDict({m: ENCODERS[m](embedder_config(cfg, m)) for m in self.modalities})
+        # Each registered modality brings its embedder (omniformer.registry.MODALITIES).
+        self.embedders = nn.ModuleDict({m: get_modality(m).embedder(embedder_config(cfg, m)) for m in self.modalities})
         self.towers = nn.ModuleDict({m: Encoder(**tower_kwargs(cfg, m)) for m in self.modalities})
         # An imported tower narrower or wider than the fusion layers gets a projection to the model width.
         widths = {m: tower_kwargs(cfg, m)["width"] for m in self.modalities}

@@ -158,21 +158,21 @@ class Example:
 def load_examples(manifest: str | Path, count: int = 8, split: str = "test") -> list[Example]:
     """A few samples with an image and a text question, read once at start-up and kept in memory.
 
-    Different question families first (round robin over ``meta.family``), so the page shows variety.
+    Different answers first (round robin over them), so the page shows variety on any manifest.
     """
     from ..data.manifest import read_manifest
     manifest = Path(manifest)
     root = manifest.parent
     samples = [s for s in read_manifest(manifest)
                if s.get("split", "train") == split and s.get("image") and s.get("question")]
-    by_family: dict[str, list[dict]] = {}
+    by_answer: dict[str, list[dict]] = {}
     for s in samples:
-        by_family.setdefault(str(s.get("meta", {}).get("family", "")), []).append(s)
+        by_answer.setdefault(str(s.get("answer", "")), []).append(s)
     picked: list[dict] = []
-    while len(picked) < count and any(by_family.values()):
-        for family in list(by_family):
-            if by_family[family] and len(picked) < count:
-                picked.append(by_family[family].pop(0))
+    while len(picked) < count and any(by_answer.values()):
+        for answer in list(by_answer):
+            if by_answer[answer] and len(picked) < count:
+                picked.append(by_answer[answer].pop(0))
     out = []
     for s in picked:
         image = (root / s["image"]).read_bytes()

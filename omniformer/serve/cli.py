@@ -7,16 +7,14 @@ from pathlib import Path
 
 def default_examples(model_dir: str | Path) -> Path | None:
     """The manifest the model was trained on, if it is still where its config says."""
-    from ..config import RunConfig, from_dict
+    from ..config import run_config_from
     from ..train import checkpoint as ckpt
     try:
-        cfg = from_dict(RunConfig, ckpt.read_meta(model_dir)["config"])
+        cfg = run_config_from(ckpt.read_meta(model_dir)["config"])
     except Exception:
         return None
-    candidates = [Path(cfg.data.manifest)] if cfg.data.manifest else []
-    if cfg.data.shapes_dir:
-        candidates.append(Path(cfg.data.shapes_dir) / "manifest.jsonl")
-    return next((p for p in candidates if p.is_file()), None)
+    manifest = Path(cfg.data.manifest) if cfg.data.manifest else None
+    return manifest if manifest is not None and manifest.is_file() else None
 
 
 def cmd_serve(args, overrides) -> int:

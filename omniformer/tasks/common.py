@@ -4,11 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..config import DataConfig, ModelConfig
-from ..data.audio import AudioPreprocessor
-from ..data.image import ImagePreprocessor
+from ..config import DataConfig
 from ..data.manifest import read_manifest
 from ..data.text import Tokenizer
+from ..modalities.audio import audio_preprocessor  # noqa: F401  (the tasks' preprocessors, re-exported)
+from ..modalities.image import image_preprocessor  # noqa: F401
+from ..registry import get_modality
 
 
 def samples_by_split(manifest: str | Path, keep=lambda s: True) -> dict[str, list[dict[str, Any]]]:
@@ -29,8 +30,10 @@ def is_qa(sample: dict) -> bool:
 
 
 def texts_of(samples: Iterable[dict]) -> Iterable[str]:
+    """Every text the samples carry (in each field of the text modality): a tokenizer's training text."""
+    fields = get_modality("text").fields
     for s in samples:
-        for key in ("text", "question"):
+        for key in fields:
             if s.get(key):
                 yield s[key]
 
@@ -40,15 +43,3 @@ def build_tokenizer(data: DataConfig, train_samples: list[dict]) -> Tokenizer:
     if data.tokenizer:
         return Tokenizer.load(data.tokenizer)
     return Tokenizer.train(texts_of(train_samples), vocab_size=data.vocab_size)
-
-
-def image_preprocessor(model: ModelConfig, augment: bool) -> ImagePreprocessor:
-    # Never flip: a mirrored scene turns every left/right question and caption into a lie.
-    return ImagePreprocessor.from_config(model.image, augment=augment, flip=False)
-
-
-def audio_preprocessor(model: ModelConfig, data: DataConfig | None = None) -> AudioPreprocessor:
-    """Features for ``model``; with ``data`` (training), the speech augmentation it asks for."""
-    speed = tuple(data.speed_perturbation) if data is not None and data.speed_perturbation else None
-    spec_augment = data is not None and data.spec_augment
-    return AudioPreprocessor(model.audio, augment=bool(speed or spec_augment), speed=speed, spec_augment=spec_augment)

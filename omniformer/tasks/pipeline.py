@@ -4,75 +4,87 @@
 """
 from __future__ import annotations
 
-import json
-import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import RunConfig, to_dict
+from ..config import ConfigError, RunConfig, TrainConfig, to_dict
 from ..data.batching import MultimodalDataset, collate
 from ..data.text import Tokenizer
 from ..train import checkpoint as ckpt
-from ..train.loop import fit, resolve_device, seed_everything
+from ..train.loop import Curriculum, fit, resolve_device, seed_everything
+from .base import Evaluation
 from .common import audio_preprocessor, build_tokenizer, image_preprocessor, is_caption, is_qa, samples_by_split
 from .pretrain import PretrainingModel
 from .qa.model import NAME as QA_TASK
-from .qa.model import QAModel, evaluate_qa, qa_dataset
+from .qa.config import QAConfig
+from .qa.model import QAModel, evaluate_qa, qa_config, qa_dataset
 
 
 def ensure_data(cfg: RunConfig, progress: bool = True) -> Path:
-    """The manifest to train on: the configured one, or ShapesWorld (made if absent)."""
-    if cfg.data.manifest:
-        path = Path(cfg.data.manifest)
-        if not path.is_file():
-            raise FileNotFoundError(f"data.manifest: {path} does not exist")
-        return path
-    from ..data.shapes import generate_shapes
-    out = Path(cfg.data.shapes_dir)
-    manifest, info = out / "manifest.jsonl", out / "info.json"
-    if manifest.is_file() and info.is_file():
-        made_with = json.loads(info.read_text()).get("config", {})
-        if made_with == to_dict(cfg.data.shapes):
-            return manifest
-        raise FileExistsError(f"{out} holds ShapesWorld made with other settings ({made_with}); "
-                              f"choose another data.shapes_dir or delete it")
-    # Generation runs in processes of its own, whatever the training loader's worker count; its
-    # output is the same for any number of them, so every core takes a share.
-    return generate_shapes(out, cfg.data.shapes, workers=os.cpu_count() or 1, progress=progress)
+    """The manifest to train on; a built-in dataset (``data.dataset``) writes it when absent."""
+    if not cfg.data.manifest:
+        raise ConfigError("data.manifest: not set; give the JSON Lines manifest of your data "
+                          "(--data.manifest=PATH; docs/own-data.md) or start from a recipe that has one")
+    path = Path(cfg.data.manifest)
+    if cfg.data.dataset:
+        from ..registry import get_dataset
+        return get_dataset(cfg.data.dataset).make(path, cfg.data.dataset_options, progress=progress)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.manifest: {path} does not exist")
+    return path
 
 
 def answer_vocabulary(samples: list[dict]) -> list[str]:
     return sorted({s["answer"] for s in samples if s.get("answer") is not None})
 
 
-def in_curriculum(sample: dict, cfg: RunConfig) -> bool:
-    """Whether a QA sample's family is one the fine-tuning curriculum starts with."""
-    return bool(cfg.finetune.curriculum_steps) and sample.get("meta", {}).get("family") in cfg.finetune.curriculum_families
-
-
-def question_modes(samples: list[dict], cfg: RunConfig) -> tuple[list[str], list[str]]:
-    """How each training question is asked, "text" or "audio" (a ``cfg.spoken_fraction`` of
+def question_modes(samples: list[dict], cfg: RunConfig, task: QAConfig) -> tuple[list[str], list[str]]:
+    """How each training question is asked, "text" or "audio" (a ``task.spoken_fraction`` of
     those with a recording by voice), and what its sample carries: the same, except that a
-    ``cfg.spotter_overhears`` share of those asked in text bring their recording too ("both"),
+    ``task.spotter_overhears`` share of those asked in text bring their recording too ("both"),
     for the word spotter alone. With a curriculum, only questions of its families do: the
     spotter learns the words while the head learns to bind them, at the cost of one spotter
     pass on those batches instead of on every text batch."""
     rng, overhear = random.Random(cfg.finetune.seed), random.Random(cfg.finetune.seed + 1)
-    asked = ["audio" if s.get("question_audio") and rng.random() < cfg.spoken_fraction else "text" for s in samples]
+    asked = ["audio" if s.get("question_audio") and rng.random() < task.spoken_fraction else "text" for s in samples]
     # No spotter to train, or no question asked by voice for it to hear: nothing overheard.
-    share = cfg.spotter_overhears if cfg.spoken_words > 0 and cfg.spoken_fraction > 0 else 0.0
+    share = task.spotter_overhears if task.word_spotting > 0 and task.spoken_fraction > 0 else 0.0
 
     def overheard(sample: dict, way: str) -> bool:
-        in_scope = not cfg.finetune.curriculum_steps or in_curriculum(sample, cfg)
+        in_scope = not task.curriculum.steps or task.curriculum.admits(sample)
         return way == "text" and bool(sample.get("question_audio")) and overhear.random() < share and in_scope
 
     carried = ["both" if overheard(s, way) else way for s, way in zip(samples, asked)]
     return asked, carried
+
+
+def validation_sample(samples: list[dict], cfg: TrainConfig) -> list[dict]:
+    """What periodic evaluation scores: the whole split, or ``cfg.eval_batches`` batches drawn
+    across all of it (seeded, in manifest order), never just its first lines."""
+    n = cfg.eval_batches * cfg.batch_size
+    if not cfg.eval_batches or n >= len(samples):
+        return samples
+    return [samples[i] for i in sorted(random.Random(cfg.seed).sample(range(len(samples)), n))]
+
+
+def pretraining_samples(manifest: Path) -> dict[str, list[dict]]:
+    """Samples to pretrain on, by split: those with a caption (``text``); if there are none, the
+    questions read as captions, their recordings as speech (a QA manifest is text and media too)."""
+    splits = samples_by_split(manifest, is_caption)
+    if splits["train"]:
+        return splits
+    as_captions = {split: [{**{k: v for k, v in s.items() if k not in ("question", "question_audio", "answer")},
+                            "text": s["question"], **({"audio": s["question_audio"]} if s.get("question_audio") else {})}
+                           for s in samples if s.get("question")]
+                   for split, samples in samples_by_split(manifest).items()}
+    if not as_captions["train"]:
+        raise ValueError(f"{manifest}: nothing to pretrain on: pretraining reads text (a caption in 'text', or a "
+                         f"'question') with any image or audio beside it, and no training sample has either")
+    return as_captions
 
 
 def meta_for(task: str, cfg: RunConfig, **extra: Any) -> dict[str, Any]:
@@ -80,12 +92,12 @@ def meta_for(task: str, cfg: RunConfig, **extra: Any) -> dict[str, Any]:
 
 
 def pretrain(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Pretrain on caption samples (image + text + speech); returns the checkpoint folder."""
+    """Pretrain on the manifest's captions (text with its image and speech), or, in a manifest
+    without captions, on its questions as text (with their image and recording); returns the
+    checkpoint folder."""
     seed_everything(cfg.pretrain.seed)
     manifest = ensure_data(cfg, progress)
-    splits = samples_by_split(manifest, is_caption)
-    if not splits["train"]:
-        raise ValueError(f"{manifest}: no training samples with text to pretrain on")
+    splits = pretraining_samples(manifest)
     out = Path(cfg.out_dir) / "pretrain"
     if resume:
         tokenizer = Tokenizer.load(ckpt.find_checkpoint(out / "last") / ckpt.TOKENIZER)
@@ -131,6 +143,7 @@ def pretrain(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Pat
 def finetune(cfg: RunConfig, init: str | Path | None = None, resume: bool = False,
              progress: bool = True) -> Path:
     """Fine-tune QA from a pretrained checkpoint (``init``) or from scratch; returns the best checkpoint."""
+    task = qa_config(cfg)
     seed_everything(cfg.finetune.seed)
     manifest = ensure_data(cfg, progress)
     splits = samples_by_split(manifest, is_qa)
@@ -144,8 +157,8 @@ def finetune(cfg: RunConfig, init: str | Path | None = None, resume: bool = Fals
         tokenizer = Tokenizer.load(ckpt.find_checkpoint(init) / ckpt.TOKENIZER)
     else:
         tokenizer = build_tokenizer(cfg.data, samples_by_split(manifest)["train"])
-    cfg.model.vocab_size, cfg.model.num_answers = tokenizer.vocab_size, len(answers)
-    model = QAModel(cfg.model, len(answers), spoken_words=cfg.spoken_words, grounding=cfg.grounding)
+    cfg.model.vocab_size = tokenizer.vocab_size
+    model = QAModel(cfg.model, len(answers), task)
     if init is not None and not resume:
         model.load_pretrained(init)
 
@@ -153,24 +166,23 @@ def finetune(cfg: RunConfig, init: str | Path | None = None, resume: bool = Fals
     if cfg.label_fraction < 1:
         keep = max(1, round(len(train) * cfg.label_fraction))
         train = random.Random(cfg.finetune.seed).sample(train, keep)
-    asked, modes = question_modes(train, cfg)
+    asked, modes = question_modes(train, cfg, task)
     train_set = qa_dataset(manifest, train, cfg, tokenizer, answers, modes, train=True,
-                           transcripts=cfg.spoken_words > 0)
-    val = splits["val"]
-    if cfg.finetune.eval_batches:
-        val = val[: cfg.finetune.eval_batches * cfg.finetune.batch_size]
+                           transcripts=task.word_spotting > 0)
+    val = validation_sample(splits["val"], cfg.finetune)
     device = resolve_device(cfg.finetune.device)
 
     def evaluate(m: QAModel) -> dict[str, float]:
-        ways = ("text", "audio") if cfg.spoken_fraction > 0 else ("text",)
+        ways = ("text", "audio") if task.spoken_fraction > 0 else ("text",)
         return evaluate_qa(m, manifest, val, cfg, tokenizer, answers, ways=ways, workers=cfg.finetune.workers,
-                           device=device)
+                           device=device, task=task)
 
     meta = meta_for(QA_TASK, cfg, answers=answers, init=str(init) if init else None,
                     model_id=f"omniformer-qa-{Path(cfg.out_dir).name}")
     # The curriculum's questions are asked in text: speech joins once words are bound to objects.
-    curriculum = [i for i, (s, way) in enumerate(zip(train, asked))
-                  if way == "text" and in_curriculum(s, cfg)] if cfg.finetune.curriculum_steps else None
+    curriculum = Curriculum([i for i, (s, way) in enumerate(zip(train, asked)) if way == "text"
+                             and task.curriculum.admits(s)], task.curriculum.steps,
+                            f"{task.curriculum.key} in {task.curriculum.values}") if task.curriculum.steps else None
     # Bucket keys: equal keys keep their shuffled order, so "modality" batches are otherwise random.
     lengths = train_set.lengths() if cfg.finetune.bucket == "length" else [("text", "audio", "both").index(m) for m in modes]
     fit(model, train_set, cfg.finetune, out, collate_fn=collate, meta=meta, tokenizer=tokenizer,
@@ -179,26 +191,20 @@ def finetune(cfg: RunConfig, init: str | Path | None = None, resume: bool = Fals
     return out / "best"
 
 
-@dataclass
-class Evaluation:
-    metrics: dict[str, float]
-    split: str
-    samples: int
-    seconds: float
-
-
 def evaluate(model_dir: str | Path, manifest: str | Path | None = None, split: str = "test",
-             ways: tuple[str, ...] = ("text", "audio"), device: str = "auto", workers: int = 0) -> Evaluation:
+             ways: tuple[str, ...] = ("text", "audio"), device: str = "auto", workers: int = 0,
+             cfg: RunConfig | None = None) -> Evaluation:
     """Accuracy of a QA checkpoint on a split of its manifest (or another manifest); ``workers``
-    processes read and preprocess the samples (0: this one)."""
+    processes read and preprocess the samples (0: this one); ``cfg``: the checkpoint's recipe
+    with data settings overridden."""
     from .qa.model import QAPredictor
     predictor = QAPredictor.load(model_dir, device=str(resolve_device(device)))
-    cfg = predictor.cfg
+    cfg = cfg or predictor.cfg
     manifest = Path(manifest) if manifest else ensure_data(cfg, progress=False)
     samples = samples_by_split(manifest, is_qa)[split]
     if not samples:
         raise ValueError(f"{manifest}: no QA samples in split {split!r}")
     start = time.perf_counter()
     metrics = evaluate_qa(predictor.model, manifest, samples, cfg, predictor.tokenizer, predictor.answers, ways=ways,
-                          workers=workers, device=next(predictor.model.parameters()).device)
-    return Evaluation(metrics, split, len(samples), time.perf_counter() - start)
+                          workers=workers, device=next(predictor.model.parameters()).device, task=qa_config(cfg))
+    return Evaluation(QA_TASK, split, len(samples), time.perf_counter() - start, metrics)

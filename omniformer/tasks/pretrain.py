@@ -18,11 +18,10 @@ from ..config import ModelConfig, ObjectiveConfig
 from .base import Task, TaskError
 from ..model import ContrastiveHead, MaskedPatchHead, MatchingHead, MLMHead, Omniformer, init_weights
 from ..objectives import hard_negative_indices, info_nce, mask_tokens, masked_patch_loss, matching_loss
+from ..registry import get_modality
 from .qa.heads import BagOfWords, GuidedAnswerHead, WordSpotter
 from .qa.losses import word_presence_loss
 
-# Which batch entries make up a modality, so a mismatched pair swaps all of them together.
-MODALITY_KEYS = {"text": ("text", "text_mask"), "image": ("image", "image_mask"), "audio": ("audio", "audio_mask")}
 
 
 def present(batch: dict[str, torch.Tensor], modality: str) -> torch.Tensor | None:
@@ -50,7 +49,7 @@ class PretrainingModel(nn.Module):
         }) if objectives.masked_patch > 0 else nn.ModuleDict()
         # Spoken captions teach a word spotter which words were said (QA hears spoken questions with it).
         self.word_spotter = None
-        if objectives.spoken_words > 0 and {"text", "audio"} <= set(cfg.modalities):
+        if objectives.word_spotting > 0 and {"text", "audio"} <= set(cfg.modalities):
             self.word_spotter = WordSpotter.from_config(cfg)
             self.word_spotter.apply(init_weights)
         # Matching judged the way the guided QA head answers: the caption queries the image
@@ -59,7 +58,7 @@ class PretrainingModel(nn.Module):
         # from captions, before any question is labelled (QAModel.load_pretrained takes it).
         self.guided_matching_head = None
         if objectives.guided_matching > 0 and {"text", "image"} <= set(cfg.modalities):
-            self.guided_matching_head = GuidedAnswerHead(cfg.width, cfg.heads, 1, ["text"], cfg.answer_glimpses,
+            self.guided_matching_head = GuidedAnswerHead(cfg.width, cfg.heads, 1, ["text"], objectives.guided_glimpses,
                                                          dropout=cfg.dropout, eps=cfg.layer_norm_eps)
             self.guided_matching_head.apply(init_weights)
 
@@ -106,8 +105,8 @@ class PretrainingModel(nn.Module):
             if rows.any():  # the unmasked caption is the recording's transcript
                 heard = self.word_spotter.hear(batch)
                 words = word_presence_loss(heard, batch["text"], batch["text_mask"], rows)
-                out["spoken_words_loss"] = words.detach()
-                losses.append(obj.spoken_words * words)
+                out["word_spotting_loss"] = words.detach()
+                losses.append(obj.word_spotting * words)
 
         # Contrastive alignment between every pair of modality towers, on samples that have both.
         pooled = {m: self.backbone.pool(*fused.unimodal[m]) for m in fused.unimodal}
@@ -158,7 +157,7 @@ class PretrainingModel(nn.Module):
             local = local[local % len(pairs) == i]
             rows, partners = members[local], members[partner[local]]
             swap = b if i % 2 == 0 else a
-            for key in MODALITY_KEYS[swap]:
+            for key in get_modality(swap).batch_keys:  # a mismatched pair swaps all of them together
                 negative[key][rows] = batch[key][partners]
             swapped[rows] = True
         if not swapped.any():
@@ -202,6 +201,10 @@ class PretrainTask(Task):
     summary = "Multimodal pretraining: masked language modelling, matching, contrastive, masked patches."
     recipe = "quickstart"
     fields = ("image", "text", "audio", "question")
+
+    def config(self, cfg):
+        """Pretraining reads no task section: a recipe's ``task:`` belongs to the task fine-tuned next."""
+        return None
 
     def train(self, cfg, init=None, resume: bool = False, progress: bool = True):
         from .pipeline import pretrain

@@ -16,11 +16,10 @@ from .qa import QAPredictor
 
 
 def describe_setting(cfg: RunConfig) -> str:
-    s = cfg.data.shapes
-    layout = "objects on a grid aligned with the image patches (the easier setting)" if s.layout == "grid" \
-        else "objects placed freely (the standard setting)"
-    return (f"ShapesWorld {s.size}x{s.size}, {s.min_objects}-{s.max_objects} objects, {layout}, "
-            f"{s.images} images, {s.voices} voices (one held out for test)")
+    if not cfg.data.dataset:
+        return f"your data ({cfg.data.manifest})"
+    from ..registry import get_dataset
+    return get_dataset(cfg.data.dataset).describe(cfg.data.dataset_options)
 
 
 def run_quickstart(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
@@ -61,7 +60,7 @@ def run_quickstart(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         print(f"  {label:<22}{a:>9}{b:>9}")
     if "spoken/held_out_voice" in m:
         print(f"  spoken, held-out voice: {100 * m['spoken/held_out_voice']:.1f}%   "
-              f"seen voices: {100 * m.get('spoken/seen_voice', float('nan')):.1f}%")
+              f"seen voices: {100 * m.get('spoken/non_held_out_voice', float('nan')):.1f}%")
 
     predictor = QAPredictor.load(model_dir)
     test = samples_by_split(manifest, is_qa)["test"]

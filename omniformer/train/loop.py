@@ -67,6 +67,15 @@ def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 @dataclass
+class Curriculum:
+    """A sampler hook: the first ``steps`` optimizer steps draw only the training samples at
+    ``indices``; ``what`` says in words which they are, for errors."""
+    indices: Sequence[int]
+    steps: int
+    what: str = "the curriculum"
+
+
+@dataclass
 class FitResult:
     steps: int
     best_score: float | None
@@ -86,11 +95,11 @@ def _worker_init(worker_id: int) -> None:
 def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path, *,
         collate_fn: Callable, meta: dict[str, Any], tokenizer=None, lengths: list[int] | None = None,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None, score_key: str = "score",
-        resume: bool = False, name: str = "train", curriculum: Sequence[int] | None = None) -> FitResult:
+        resume: bool = False, name: str = "train", curriculum: Curriculum | None = None) -> FitResult:
     """Train ``model`` for ``cfg.steps`` optimizer steps; checkpoints go to ``out_dir/{last,best}``.
 
-    ``curriculum``: indices into ``train_set`` that the first ``cfg.curriculum_steps`` steps
-    draw from (all of them afterwards); ``--resume`` continues either phase exactly.
+    ``curriculum``: indices into ``train_set`` that its first ``steps`` optimizer steps draw from
+    (all of them afterwards); ``--resume`` continues either phase exactly.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,12 +115,13 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
                                  seed=cfg.seed)
     if len(sampler) == 0:
         raise ValueError(f"{name}: the training set is empty")
-    warm_batches = cfg.curriculum_steps * cfg.grad_accum if cfg.curriculum_steps else 0
-    if warm_batches and not curriculum:
-        raise ValueError(f"{name}: curriculum_steps={cfg.curriculum_steps} but no training sample is in the "
-                         f"curriculum (families {cfg.curriculum_families})")
-    warm_sampler = BucketBatchSampler([lengths[i] for i in curriculum], cfg.batch_size, shuffle=True,
-                                      drop_last=len(curriculum) >= cfg.batch_size, seed=cfg.seed + 1) if warm_batches else None
+    warm_batches = curriculum.steps * cfg.grad_accum if curriculum is not None and curriculum.steps else 0
+    if warm_batches and not curriculum.indices:
+        raise ValueError(f"{name}: the curriculum's {curriculum.steps} steps have no training sample to draw from "
+                         f"({curriculum.what})")
+    warm = curriculum.indices if warm_batches else []
+    warm_sampler = BucketBatchSampler([lengths[i] for i in warm], cfg.batch_size, shuffle=True,
+                                      drop_last=len(warm) >= cfg.batch_size, seed=cfg.seed + 1) if warm_batches else None
 
     step, best_score, best_step = 0, None, None
     last_dir, best_dir = out_dir / "last", out_dir / "best"
@@ -150,7 +160,7 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
     def batches_from(position: int):
         phases = []  # (epoch orders, how many batches, generator seed offset)
         if position < warm_batches:
-            phases.append((epoch_orders(warm_sampler, position, curriculum), warm_batches - position, 50_021))
+            phases.append((epoch_orders(warm_sampler, position, warm), warm_batches - position, 50_021))
         phases.append((epoch_orders(sampler, max(0, position - warm_batches)), None, 0))
         for orders, budget, offset in phases:
             for epoch, order in orders:

@@ -282,6 +282,37 @@ def test_task_config_errors_name_the_key(tmp_path):
             TASK.config(tiny_cfg(tmp_path, "m.jsonl", task=section))
 
 
+def test_image_affine_augmentation_moves_training_images_only(tmp_path):
+    """task.image_rotate/translate/scale: training images move (fresh draws, border-coloured
+    fill, never a mirror), evaluation images stay put; bad values name the key."""
+    from omniformer.tasks.classify.data import RandomAffine, classify_dataset
+    manifest = write_shapes(tmp_path, train=4, test=1)
+    samples = [s for s in load_data(manifest, ClassifyConfig()).splits["train"]]
+    task = {"image_rotate": 15, "image_translate": 0.1, "image_scale": [0.9, 1.1]}
+    cfg = tiny_cfg(tmp_path, manifest, task=task)
+    config = TASK.config(cfg)
+    train = classify_dataset(manifest, samples, cfg, config, None, list(SHAPES), train=True)
+    test = classify_dataset(manifest, samples, cfg, config, None, list(SHAPES), train=False)
+    assert isinstance(train.image, RandomAffine) and not isinstance(test.image, RandomAffine)
+    draws = [train[0]["image"] for _ in range(3)]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    assert torch.equal(test[0]["image"], test[0]["image"])
+    # The shape moved but the background (black) stays black: the fill is the border colour.
+    assert draws[0].shape == test[0]["image"].shape and draws[0].min() == test[0]["image"].min()
+    # A white border fills white; no move at all is the identity.
+    white = Image.new("RGB", (16, 16), (255, 255, 255))
+    ImageDraw.Draw(white).rectangle([6, 6, 9, 9], fill=(0, 0, 0))
+    moved = np.asarray(RandomAffine(lambda im: im, rotate=30, translate=0.2, seed=1).move(white))
+    assert moved[0, 0].tolist() == [255, 255, 255] and moved.min() < 128
+    still = RandomAffine(lambda im: im).move(white)
+    assert np.array_equal(np.asarray(still), np.asarray(white))
+    for section, pattern in [({"image_rotate": -1}, r"task.image_rotate: must be 0 to 180"),
+                             ({"image_translate": 1.0}, r"task.image_translate: must be in \[0, 1\)"),
+                             ({"image_scale": [1.2, 0.8]}, r"task.image_scale: expected \[low, high\]")]:
+        with pytest.raises(ConfigError, match=pattern):
+            TASK.config(tiny_cfg(tmp_path, manifest, task=section))
+
+
 # -- the model ---------------------------------------------------------------------------------
 
 def multimodal_cfg(**task):

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ...config import ConfigError
-
-MODALITIES = ("image", "audio", "text")
+from ...registry import modality_names
 
 
 @dataclass
@@ -17,7 +16,7 @@ class ClassifyConfig:
     ``inputs`` empty means every modality of ``model.modalities`` that the training samples
     have, so an image-only manifest trains an image-only model without saying so.
     """
-    inputs: list[Literal["image", "audio", "text"]] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)          # registered modalities (image, audio, text, ...)
     text_field: Literal["text", "question"] = "text"        # the manifest field read as the text input
     audio_field: Literal["audio", "question_audio"] = "audio"
     # What the head reads: the fusion [CLS], the mean of the other fusion tokens, or both concatenated.
@@ -30,10 +29,22 @@ class ClassifyConfig:
     val_fraction: float = 0.0
     # ``meta`` keys to report accuracy per value of (``speaker`` -> ``speaker/jackson``).
     groups: list[str] = field(default_factory=list)
+    # Random affine moves of the training images, drawn afresh each time an image is read:
+    # a rotation of up to ``image_rotate`` degrees either way, a shift of up to
+    # ``image_translate`` of the side along each axis, a zoom by a factor in ``image_scale``.
+    # The uncovered border takes the image's border colour; never a flip (digits, letters).
+    # Applied before the image preprocessor (and its ``data.augment`` crop, if on). Off: 0, 0, [1, 1].
+    image_rotate: float = 0.0
+    image_translate: float = 0.0
+    image_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
 
     def validate(self) -> None:
         if len(set(self.inputs)) != len(self.inputs):
             raise ConfigError(f"inputs: lists a modality twice: {self.inputs}")
+        known = modality_names()
+        for i, m in enumerate(self.inputs):
+            if m not in known:
+                raise ConfigError(f"inputs[{i}]: {m!r} is not one of the registered modalities {known}")
         if self.head_hidden < 0:
             raise ConfigError(f"head_hidden: must be >= 0 (0: twice the pooled width), got {self.head_hidden}")
         if not 0 <= self.head_dropout < 1:
@@ -42,6 +53,12 @@ class ClassifyConfig:
             raise ConfigError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.image_rotate <= 180:
+            raise ConfigError(f"image_rotate: must be 0 to 180 degrees, got {self.image_rotate}")
+        if not 0 <= self.image_translate < 1:
+            raise ConfigError(f"image_translate: must be in [0, 1) (a share of the side), got {self.image_translate}")
+        if len(self.image_scale) != 2 or not 0 < self.image_scale[0] <= self.image_scale[1]:
+            raise ConfigError(f"image_scale: expected [low, high] with 0 < low <= high, got {self.image_scale}")
         seen: set[str] = set()
         for i, key in enumerate(self.groups):
             if not key.strip():

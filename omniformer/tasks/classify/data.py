@@ -2,6 +2,8 @@
 vocabulary, a seeded validation share, and the datasets the model reads."""
 from __future__ import annotations
 
+import functools
+import math
 import random
 import re
 import warnings
@@ -9,11 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+import torch
+from PIL import Image
+
 from ...config import ConfigError, ModelConfig, RunConfig
 from ...data.batching import MultimodalDataset
+from ...data.image import load_image
 from ...data.manifest import read_manifest
 from ...data.text import Tokenizer
-from ..common import audio_preprocessor, image_preprocessor
+from ...registry import get_modality
 from .config import ClassifyConfig
 
 SHOWN = 5  # sample ids named in a message before "and N more"
@@ -39,8 +46,9 @@ def label_vocabulary(labels: Sequence[str]) -> list[str]:
 
 
 def field_of(modality: str, task: ClassifyConfig) -> str:
-    """The manifest field that feeds ``modality``."""
-    return {"image": "image", "audio": task.audio_field, "text": task.text_field}[modality]
+    """The manifest field that feeds ``modality``: ``task.text_field`` and ``task.audio_field``
+    for text and audio, a registered modality's first field (``Modality.fields``) otherwise."""
+    return {"text": task.text_field, "audio": task.audio_field}.get(modality) or get_modality(modality).fields[0]
 
 
 def _names(samples: Sequence[dict], lines: dict[int, int]) -> str:
@@ -191,15 +199,64 @@ class ClassifyDataset(MultimodalDataset):
         return item
 
 
+class RandomAffine:
+    """A training image moved a little, then handed to ``preprocessor``: rotated by up to
+    ``rotate`` degrees either way, shifted by up to ``translate`` of its side along each axis,
+    zoomed by a factor drawn from ``scale``; what comes into view takes the image's border
+    colour (the median of its edge pixels). Decoded images are kept, the moves drawn afresh.
+
+    Each DataLoader worker reseeds from its own seed (``get_worker_info().seed``, which the
+    training loop derives from its seed and the epoch), so workers forked from one instance
+    do not repeat each other's draws.
+    """
+
+    augment = True  # MultimodalDataset then never caches its output
+
+    def __init__(self, preprocessor: Any, rotate: float = 0.0, translate: float = 0.0,
+                 scale: Sequence[float] = (1.0, 1.0), seed: int | None = None):
+        self.preprocessor, self.rotate, self.translate = preprocessor, float(rotate), float(translate)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.rng, self._seeded = np.random.default_rng(seed), None
+        self._decode = functools.lru_cache(maxsize=16384)(load_image)
+
+    def _reseed(self) -> None:
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.seed != self._seeded:
+            self.rng, self._seeded = np.random.default_rng(info.seed), info.seed
+
+    def move(self, im: Image.Image) -> Image.Image:
+        """``im`` rotated, shifted and zoomed by one random draw."""
+        self._reseed()
+        angle = math.radians(self.rng.uniform(-self.rotate, self.rotate))
+        zoom = self.rng.uniform(*self.scale)
+        tx, ty = self.rng.uniform(-self.translate, self.translate, size=2) * np.array(im.size)
+        cx, cy = im.width / 2, im.height / 2
+        # PIL maps each output pixel back to the input: in = M (out - centre - shift) + centre.
+        cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+        a, b, d, e = cos, sin, -sin, cos
+        coeffs = (a, b, cx - a * (cx + tx) - b * (cy + ty), d, e, cy - d * (cx + tx) - e * (cy + ty))
+        pixels = np.asarray(im).reshape(im.height, im.width, -1)
+        edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+        fill = tuple(int(v) for v in np.median(edge, axis=0))
+        return im.transform(im.size, Image.AFFINE, coeffs, resample=Image.BILINEAR,
+                            fillcolor=fill if len(fill) > 1 else fill[0])
+
+    def __call__(self, source: Any) -> torch.Tensor:
+        im = source if isinstance(source, Image.Image) else self._decode(source)
+        return self.preprocessor(self.move(im))
+
+
 def classify_dataset(manifest: str | Path, samples: Sequence[dict], cfg: RunConfig, task: ClassifyConfig,
                      tokenizer: Tokenizer | None, labels: Sequence[str], train: bool) -> ClassifyDataset:
     """Samples as model inputs, each modality only when the model reads it; ``train`` turns on
     the augmentations the recipe asks for (``data.augment``, ``data.spec_augment``,
-    ``data.speed_perturbation``)."""
+    ``data.speed_perturbation``; ``task.image_rotate``, ``image_translate``, ``image_scale``)."""
     modalities = cfg.model.modalities
-    return ClassifyDataset(
-        manifest, samples, labels,
-        tokenizer=tokenizer if "text" in modalities else None,
-        image=image_preprocessor(cfg.model, train and cfg.data.augment) if "image" in modalities else None,
-        audio=audio_preprocessor(cfg.model, cfg.data if train else None) if "audio" in modalities else None,
-        text_field=task.text_field, audio_field=task.audio_field, text_max_len=cfg.model.text.max_len)
+    preprocessors = {m: get_modality(m).preprocessor(cfg.model, cfg.data if train else None, tokenizer)
+                     for m in modalities}
+    image = preprocessors.get("image")
+    if image is not None and train and (task.image_rotate or task.image_translate or list(task.image_scale) != [1, 1]):
+        preprocessors["image"] = RandomAffine(image, task.image_rotate, task.image_translate, task.image_scale,
+                                              seed=cfg.finetune.seed)
+    return ClassifyDataset(manifest, samples, labels, preprocessors=preprocessors,
+                           fields={m: field_of(m, task) for m in modalities})

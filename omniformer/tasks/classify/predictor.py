@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from ...config import RunConfig, from_dict
+from ...config import RunConfig, from_dict, run_config_from
 from ...data.batching import collate
 from ...data.text import Tokenizer
 from ...train import checkpoint as ckpt
-from ..common import audio_preprocessor, image_preprocessor
+from ...registry import get_modality
 from .config import ClassifyConfig
 from .model import ClassifierModel
 
@@ -34,10 +34,11 @@ class ClassifyPredictor:
         self.tokenizer, self.model_id = tokenizer, model_id
         self.task_config: ClassifyConfig = from_dict(ClassifyConfig, cfg.task or {}, "task")
         self.inputs = list(cfg.model.modalities)
-        self.image = image_preprocessor(cfg.model, augment=False) if "image" in self.inputs else None
-        self.audio = audio_preprocessor(cfg.model) if "audio" in self.inputs else None
         if "text" in self.inputs and tokenizer is None:
             raise ValueError("a classifier that reads text needs its tokenizer")
+        # Each input's preprocessor, as its registered modality makes it for evaluation.
+        self.preprocessors = {m: get_modality(m).preprocessor(cfg.model, tokenizer=tokenizer) for m in self.inputs}
+        self.image, self.audio = self.preprocessors.get("image"), self.preprocessors.get("audio")
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "ClassifyPredictor":
@@ -49,29 +50,27 @@ class ClassifyPredictor:
                                        f"load it with its own task")
         if not meta.get("labels"):
             raise ckpt.CheckpointError(f"checkpoint {path}: {ckpt.CONFIG} lists no labels")
-        cfg = from_dict(RunConfig, meta["config"])
+        cfg = run_config_from(meta["config"])
         task = from_dict(ClassifyConfig, cfg.task or {}, "task")
         model = ClassifierModel(cfg.model, len(meta["labels"]), task)
         ckpt.load_weights(path, model)
         tokenizer = Tokenizer.load(path / ckpt.TOKENIZER) if "text" in cfg.model.modalities else None
         return cls(model.to(device), cfg, list(meta["labels"]), tokenizer, model_id=meta.get("model_id", path.name))
 
-    def prepare(self, image: Any = None, audio: Any = None, text: str | None = None) -> dict[str, Any]:
+    def prepare(self, image: Any = None, audio: Any = None, text: str | None = None, **inputs: Any) -> dict[str, Any]:
         """One dataset-style item from raw inputs: paths, file bytes, PIL images, or mono waveforms
-        (NumPy, at the model's sample rate)."""
-        given = {"image": image, "audio": audio, "text": text}
+        (NumPy, at the model's sample rate); another registered modality's input by its name
+        (``sensor=path``), as its preprocessor takes it."""
+        given = {"image": image, "audio": audio, "text": text, **inputs}
         if all(v is None for v in given.values()):
             raise ValueError(f"classify needs at least one input; this model reads {', '.join(self.inputs)}")
         unread = [m for m, v in given.items() if v is not None and m not in self.inputs]
         if unread:
             raise ValueError(f"this model reads {', '.join(self.inputs)}; it was not trained on {', '.join(unread)}")
         item: dict[str, Any] = {"index": 0}
-        if image is not None:
-            item["image"] = self.image(image)
-        if audio is not None:
-            item["audio"] = self.audio(audio)
-        if text is not None:
-            item["text"] = torch.tensor(self.tokenizer.encode(text, self.cfg.model.text.max_len), dtype=torch.long)
+        for m, value in given.items():
+            if value is not None:
+                item[m] = self.preprocessors[m](value)
         return item
 
     @torch.no_grad()
@@ -91,10 +90,10 @@ class ClassifyPredictor:
                 for ps, ids in zip(top.values, top.indices)]
 
     def classify(self, image: Any = None, audio: Any = None, text: str | None = None,
-                 top_k: int = 5) -> list[tuple[str, float]]:
+                 top_k: int = 5, **inputs: Any) -> list[tuple[str, float]]:
         """The ``top_k`` most likely labels of one sample with their probabilities, best first."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k: expected an integer >= 1, got {top_k!r}")
-        return self.classify_items([self.prepare(image, audio, text)], top_k)[0]
+        return self.classify_items([self.prepare(image, audio, text, **inputs)], top_k)[0]
 
     predict = classify

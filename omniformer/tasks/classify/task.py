@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from ...config import ConfigError, RunConfig
 from ...data.batching import collate
 from ...data.text import Tokenizer
+from ...registry import modality_names
 from ...train import checkpoint as ckpt
 from ...train.loop import fit, resolve_device, seed_everything
 from ..base import Evaluation, ExportGraph, ServeLimits, Service, Task
@@ -175,11 +176,14 @@ class ClassifyTask(Task):
         parser.add_argument("--image", help="an image file (PNG, JPEG, ...)")
         parser.add_argument("--audio", help="a recording (WAV, FLAC, OGG)")
         parser.add_argument("--text", help="the text input")
+        for m in modality_names():  # a registered modality beyond the built-ins: its input file
+            if m not in ("image", "audio", "text"):
+                parser.add_argument(f"--{m}", dest=m, help=f"the {m} input (a file, as its manifest field names one)")
         parser.add_argument("--top-k", type=int, dest="top_k",
                             help="how many labels to show, 1 to the number of labels (default 5, or all if fewer)")
 
     def predict_from_args(self, predictor: ClassifyPredictor, args: argparse.Namespace) -> dict[str, Any]:
-        given = {m: getattr(args, m, None) for m in ("image", "audio", "text")}
+        given = {m: getattr(args, m, None) for m in modality_names()}
         if all(v is None for v in given.values()):
             raise ValueError(f"predict: give at least one input ({', '.join('--' + m for m in predictor.inputs)})")
         n, top_k = len(predictor.labels), getattr(args, "top_k", None)

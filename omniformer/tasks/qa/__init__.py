@@ -15,9 +15,10 @@ from typing import Any
 
 from ...config import RunConfig
 from ..base import Evaluation, ExportGraph, ServeLimits, Task, TaskError
-from .model import NAME, QAModel, QAPredictor, accuracy_report, evaluate_qa, predict, qa_dataset
+from .config import QAConfig
+from .model import NAME, QAModel, QAPredictor, accuracy_report, evaluate_qa, predict, qa_config, qa_dataset
 
-__all__ = ["TASK", "QATask", "QAModel", "QAPredictor", "accuracy_report", "evaluate_qa", "predict", "qa_dataset"]
+__all__ = ["TASK", "QATask", "QAConfig", "QAModel", "QAPredictor", "accuracy_report", "evaluate_qa", "predict", "qa_dataset"]
 
 
 class QATask(Task):
@@ -32,6 +33,9 @@ class QATask(Task):
     fields = ("image", "question", "question_audio", "answer")
     predictor = QAPredictor
 
+    def config(self, cfg: RunConfig) -> QAConfig:
+        return qa_config(cfg)
+
     def train(self, cfg: RunConfig, init: str | Path | None = None, resume: bool = False,
               progress: bool = True) -> Path:
         from ..pipeline import finetune
@@ -41,8 +45,7 @@ class QATask(Task):
                  device: str = "auto", workers: int = 0, cfg: RunConfig | None = None,
                  ways: tuple[str, ...] = ("text", "audio")) -> Evaluation:
         from ..pipeline import evaluate
-        result = evaluate(model_dir, manifest, split, ways=ways, device=device, workers=workers)
-        return Evaluation(self.name, split, result.samples, result.seconds, result.metrics)
+        return evaluate(model_dir, manifest, split, ways=ways, device=device, workers=workers, cfg=cfg)
 
     def add_predict_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--image", help="the image to ask about")

@@ -20,59 +20,65 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ...config import ModelConfig, RunConfig, from_dict
+from ...config import ModelConfig, RunConfig, from_dict, run_config_from
 from ...data.batching import IGNORE, MultimodalDataset, collate
 from ...data.text import Tokenizer
 from ...model import ClassifierHead, Omniformer, init_weights
 from ...train import checkpoint as ckpt
 from ..common import audio_preprocessor, image_preprocessor
+from .config import QAConfig
 from .heads import BagOfWords, GuidedAnswerHead, WordSpotter
 from .losses import SAID_WEIGHT, grounding_loss, word_presence_loss
 
 NAME = "qa"
 
 
+def qa_config(cfg: RunConfig) -> QAConfig:
+    """The recipe's ``task:`` section as the QA task reads it, checked against the model."""
+    task = from_dict(QAConfig, cfg.task or {}, "task")
+    task.check_model(cfg.model)
+    return task
+
+
 class QAModel(nn.Module):
     """The backbone plus an answer head over the fusion [CLS] (``cls``) or a question-guided one.
 
     The guided head reads a text question as its bag of words (see ``_question``). A spoken one
-    (``cfg.spoken_question``) either as its speech tower's output, mean-pooled, through a
+    (``task.spoken_question``) either as its speech tower's output, mean-pooled, through a
     projection of its own ("tower"), or as the words a ``WordSpotter`` heard ("words"): the
     word vectors of ``TextEmbedder.word_vectors`` weighted by how surely each was said, through
     the text question's projection, so a spoken question lands where its text already means
     something. Spoken questions whose batch carries their transcript train the spotter
-    (``word_presence_loss``, weight ``spoken_words``), and nothing else does: the head reads
+    (``word_presence_loss``, weight ``task.word_spotting``), and nothing else does: the head reads
     what it heard as given, with the loss's weight on words said taken back out of its logits
     (``SAID_WEIGHT``). A row asked in text and speech at once reads its text, so a question
-    asked in text can bring its recording for the spotter alone (``spotter_overhears``). Why
+    asked in text can bring its recording for the spotter alone (``task.spotter_overhears``). Why
     words: through the tower, spoken questions never bound to their objects (spoken
     horizontal/vertical ~0.55 while text reached 1.00).
     """
 
-    def __init__(self, cfg: ModelConfig, num_answers: int, spoken_words: float = 0.0, grounding: float = 0.0):
+    def __init__(self, cfg: ModelConfig, num_answers: int, task: QAConfig | None = None):
         super().__init__()
-        if grounding and not (cfg.answer_head == "guided" and cfg.answer_relations):
-            raise ValueError("grounding trains the anchor relation's pointer: it needs model.answer_head=guided "
-                             "and model.answer_relations=true")
+        task = task or QAConfig()
         self.backbone = Omniformer(cfg)
-        self.guided = cfg.answer_head == "guided"
-        self.spoken_words = spoken_words
-        self.grounding = grounding
+        self.guided = task.head == "guided"
+        # Loss weights, read in training only (an evaluation or a server never needs them).
+        self.word_spotting, self.grounding = task.word_spotting, task.grounding
         self.word_spotter: WordSpotter | None = None
         if self.guided:
             if cfg.towers_from or any(getattr(getattr(cfg, m), "tower", None) for m in ("text", "image", "audio")):
-                raise ValueError("model.answer_head=guided reads the embedders at the model width; "
-                                 "it does not combine with imported towers (towers_from): use answer_head=cls")
+                raise ValueError("task.head=guided reads the embedders at the model width; "
+                                 "it does not combine with imported towers (towers_from): use task.head=cls")
             asked_by = [m for m in ("text", "audio") if m in cfg.modalities]
-            if cfg.spoken_question == "words" and "audio" in asked_by:
+            if task.spoken_question == "words" and "audio" in asked_by:
                 if "text" not in cfg.modalities:
-                    raise ValueError("model.spoken_question=words hears words of the text vocabulary: "
+                    raise ValueError("task.spoken_question=words hears words of the text vocabulary: "
                                      "model.modalities needs text")
                 self.word_spotter = WordSpotter.from_config(cfg)
                 asked_by = ["text"]
-            self.answer_head = GuidedAnswerHead(cfg.width, cfg.heads, num_answers, asked_by, cfg.answer_glimpses,
+            self.answer_head = GuidedAnswerHead(cfg.width, cfg.heads, num_answers, asked_by, task.glimpses,
                                                 dropout=cfg.dropout, eps=cfg.layer_norm_eps,
-                                                relations=cfg.answer_relations)
+                                                relations=task.relations)
         else:
             self.answer_head = ClassifierHead(cfg.width, num_answers, hidden=2 * cfg.width, dropout=cfg.dropout)
         self.answer_head.apply(init_weights)
@@ -118,9 +124,9 @@ class QAModel(nn.Module):
                 if words is not None:
                     rows &= words.said.sum(-1) > 0
                 out["grounding_loss"] = grounding_loss(self.answer_head.relate.match(asked, *image[:2], words), rows)
-            if self.spoken_words and word_logits is not None and "transcript" in batch:
+            if self.word_spotting and word_logits is not None and "transcript" in batch:
                 rows = batch["transcript_mask"].any(1) & batch["audio_mask"].any(1)
-                out["spoken_words_loss"] = word_presence_loss(word_logits, batch["transcript"],
+                out["word_spotting_loss"] = word_presence_loss(word_logits, batch["transcript"],
                                                               batch["transcript_mask"], rows)
         else:
             logits = self.answer_head(fused.cls)
@@ -128,7 +134,7 @@ class QAModel(nn.Module):
         answers = batch.get("answer")
         if answers is not None and (answers != IGNORE).any():
             out["answer_loss"] = F.cross_entropy(logits, answers, ignore_index=IGNORE)
-            out["loss"] = (out["answer_loss"] + self.spoken_words * out.get("spoken_words_loss", 0.0)
+            out["loss"] = (out["answer_loss"] + self.word_spotting * out.get("word_spotting_loss", 0.0)
                            + self.grounding * out.get("grounding_loss", 0.0))
             valid = answers != IGNORE
             out["accuracy"] = (logits.argmax(-1)[valid] == answers[valid]).float().mean()
@@ -204,29 +210,33 @@ def predict(model: nn.Module, dataset: MultimodalDataset, batch_size: int = 128,
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
-def accuracy_report(samples: Sequence[dict], predictions: Sequence[str], spoken: Sequence[bool]) -> dict[str, float]:
-    """Accuracy overall and by family, relational vs not, text vs spoken, held-out voice."""
-    groups: dict[str, list[bool]] = defaultdict(list)
+def accuracy_report(samples: Sequence[dict], predictions: Sequence[str], spoken: Sequence[bool],
+                    groups: Sequence[str] = (), spoken_groups: Sequence[str] = ()) -> dict[str, float]:
+    """Accuracy overall, text vs spoken, and per value of each ``meta`` key in ``groups``
+    (``spoken_groups``: for spoken questions only). A boolean key gives ``WAY/KEY`` and
+    ``WAY/non_KEY``; any other value ``WAY/KEY/VALUE``."""
+    scores: dict[str, list[bool]] = defaultdict(list)
     for sample, prediction, is_spoken in zip(samples, predictions, spoken):
         correct = prediction == sample["answer"]
         meta = sample.get("meta", {})
         way = "spoken" if is_spoken else "text"
-        groups["accuracy"].append(correct)
-        groups[f"{way}/accuracy"].append(correct)
-        if "family" in meta:
-            groups[f"{way}/family/{meta['family']}"].append(correct)
-        if "relational" in meta:
-            kind = "relational" if meta["relational"] else "non_relational"
-            groups[f"{way}/{kind}"].append(correct)
-        if is_spoken and "held_out_voice" in meta:
-            groups["spoken/held_out_voice" if meta["held_out_voice"] else "spoken/seen_voice"].append(correct)
-    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+        scores["accuracy"].append(correct)
+        scores[f"{way}/accuracy"].append(correct)
+        for key in (*groups, *(spoken_groups if is_spoken else ())):
+            if key not in meta:
+                continue
+            value = meta[key]
+            name = (key if value else f"non_{key}") if isinstance(value, bool) else f"{key}/{value}"
+            scores[f"{way}/{name}"].append(correct)
+    return {k: sum(v) / len(v) for k, v in sorted(scores.items())}
 
 
 def evaluate_qa(model: nn.Module, manifest: str | Path, samples: Sequence[dict], cfg: RunConfig,
                 tokenizer: Tokenizer, answers: Sequence[str], ways: Sequence[str] = ("text", "audio"),
-                batch_size: int = 128, workers: int = 0, device: str | torch.device = "cpu") -> dict[str, float]:
-    """Each sample is asked once per way ("text", "audio") that it supports."""
+                batch_size: int = 128, workers: int = 0, device: str | torch.device = "cpu",
+                task: QAConfig | None = None) -> dict[str, float]:
+    """Each sample is asked once per way ("text", "audio") that it supports; ``task`` names the
+    metric groups."""
     all_samples, predictions, spoken = [], [], []
     for way in ways:
         field = "question" if way == "text" else "question_audio"
@@ -238,7 +248,8 @@ def evaluate_qa(model: nn.Module, manifest: str | Path, samples: Sequence[dict],
         predictions += [answers[i] for i in logits.argmax(-1).tolist()]
         all_samples += subset
         spoken += [way == "audio"] * len(subset)
-    report = accuracy_report(all_samples, predictions, spoken)
+    task = QAConfig() if task is None else task
+    report = accuracy_report(all_samples, predictions, spoken, task.groups, task.spoken_groups)
     report["score"] = report.get("accuracy", 0.0)
     return report
 
@@ -251,6 +262,7 @@ class QAPredictor:
     def __init__(self, model: QAModel, cfg: RunConfig, tokenizer: Tokenizer, answers: list[str],
                  model_id: str = "omniformer-qa"):
         self.model, self.cfg, self.tokenizer, self.answers, self.model_id = model.eval(), cfg, tokenizer, answers, model_id
+        self.task_cfg = qa_config(cfg)
         self.image = image_preprocessor(cfg.model, augment=False)
         self.audio = audio_preprocessor(cfg.model)
 
@@ -260,8 +272,8 @@ class QAPredictor:
         meta = ckpt.read_meta(path)
         if meta.get("task") != NAME:
             raise ckpt.CheckpointError(f"checkpoint {path} is a {meta.get('task')!r} model, not a QA model")
-        cfg = from_dict(RunConfig, meta["config"])
-        model = QAModel(cfg.model, len(meta["answers"]))
+        cfg = run_config_from(meta["config"])
+        model = QAModel(cfg.model, len(meta["answers"]), qa_config(cfg))
         ckpt.load_weights(path, model)
         tokenizer = Tokenizer.load(path / ckpt.TOKENIZER)
         return cls(model.to(device), cfg, tokenizer, list(meta["answers"]), model_id=meta.get("model_id", path.name))

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ...config import ShapesConfig
-from ..manifest import write_manifest
+from .config import ShapesConfig
+from ...data.manifest import write_manifest
 from .language import (ANSWERS, CAPTIONS_PER_IMAGE, FAMILIES, AnswerBalancer, caption_candidates,
                        choose_captions, family_answers, question_candidates)
 from .scene import render, sample_scene, save_png
