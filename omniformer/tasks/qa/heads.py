@@ -146,7 +146,7 @@ class AnchorRelation(nn.Module):
     by 10% of the nearer one), which g, an MLP on the geometry, learnt slowly; its softmax
     blended the nearest objects. With it, closest went from 77.4% to 93.5% and furthest from
     82.6% to 98.2% at the standard setting from scratch (benchmarks/README.md, "A score linear
-    in the distance"), and the synthetic closest task of tests/test_encoders.py from 0.62 to
+    in the distance"), and the synthetic closest task of tests/model/test_encoders.py from 0.62 to
     0.94 in 500 steps.
     """
 

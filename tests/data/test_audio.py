@@ -12,7 +12,7 @@ from omniformer.config import AudioConfig
 from omniformer.data.audio import (AudioError, AudioPreprocessor, LogMel, SpecAugment, SpeedPerturbation,
                                    audio_folder_manifest, load_audio, mel_filter_bank, write_audio)
 
-FSDD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fsdd" / "recordings"
+FSDD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "fsdd" / "recordings"
 
 
 def sine(freq, seconds, rate, amplitude=0.5):

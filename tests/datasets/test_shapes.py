@@ -22,7 +22,7 @@ from omniformer.datasets.shapes import ANSWERS, COLOURS, FAMILIES, SHAPES, gener
 from omniformer.datasets.shapes.language import vocabulary
 
 NUM = ["zero", "one", "two", "three", "four", "five", "six"]
-BANK = Path(__file__).resolve().parents[1] / "omniformer" / "datasets" / "shapes" / "bank"
+BANK = Path(__file__).resolve().parents[2] / "omniformer" / "datasets" / "shapes" / "bank"
 
 
 def read(manifest: Path) -> list[dict]:
