@@ -134,7 +134,13 @@ def _guard_out_dir(cfg, task: str, args) -> None:
 def cmd_train(args, overrides) -> int:
     from .registry import get_task
     task = get_task(args.task)
-    cfg = _load(args, overrides, default=task.recipe or "quickstart")
+    default = task.recipe or "quickstart"
+    if args.config is None and task.general_recipe and any(o.startswith("--data.manifest=") for o in overrides):
+        # The user's own data: start from the general recipe, not the built-in dataset's.
+        default = task.general_recipe
+        print(f"omniformer {args.command}: your own data, so the general recipe '{default}' "
+              f"(--config NAME to choose another; 'omniformer recipes {default}' shows it)")
+    cfg = _load(args, overrides, default=default)
     task.config(cfg)  # the task section is checked now, not after the data is made
     _guard_out_dir(cfg, task.name, args)
     path = task.train(cfg, init=args.init, resume=args.resume)

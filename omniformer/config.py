@@ -171,7 +171,8 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check(cond: bool, msg: str) -> None:
+def require(cond: bool, msg: str) -> None:
+    """A config check: raise ConfigError(``msg``) unless ``cond``; every config's ``validate`` uses it."""
     if not cond:
         raise ConfigError(msg)
 
@@ -200,10 +201,10 @@ class TowerConfig:
     embed_ln: bool = True          # the embedder's LayerNorm (BERT, CLIP vision: yes; ViT, Whisper: no)
 
     def validate(self) -> None:
-        _check(self.width > 0 and self.heads > 0 and self.width % self.heads == 0,
+        require(self.width > 0 and self.heads > 0 and self.width % self.heads == 0,
                f"width: must be a positive multiple of heads ({self.heads}), got {self.width}")
-        _check(self.depth >= 0, f"depth: must be >= 0, got {self.depth}")
-        _check(self.mlp_hidden >= 1, f"mlp_hidden: must be >= 1, got {self.mlp_hidden}")
+        require(self.depth >= 0, f"depth: must be >= 0, got {self.depth}")
+        require(self.mlp_hidden >= 1, f"mlp_hidden: must be >= 1, got {self.mlp_hidden}")
 
 
 @dataclass
@@ -214,7 +215,7 @@ class TextConfig:
     tower: TowerConfig | None = None
 
     def validate(self) -> None:
-        _check(self.max_len >= 2, f"max_len: must be >= 2, got {self.max_len}")
+        require(self.max_len >= 2, f"max_len: must be >= 2, got {self.max_len}")
 
 
 @dataclass
@@ -243,12 +244,12 @@ class ImageConfig:
     tower: TowerConfig | None = None
 
     def validate(self) -> None:
-        _check(self.size >= 1, f"size: must be >= 1, got {self.size}")
-        _check(self.patch_size >= 1 and self.size % self.patch_size == 0,
+        require(self.size >= 1, f"size: must be >= 1, got {self.size}")
+        require(self.patch_size >= 1 and self.size % self.patch_size == 0,
                f"patch_size: must divide size ({self.size}), got {self.patch_size}")
-        _check(len(self.mean) == self.channels and len(self.std) == self.channels,
+        require(len(self.mean) == self.channels and len(self.std) == self.channels,
                f"mean/std: need {self.channels} values each")
-        _check(all(s > 0 for s in self.std), f"std: must be > 0, got {self.std}")
+        require(all(s > 0 for s in self.std), f"std: must be > 0, got {self.std}")
 
 
 @dataclass
@@ -269,11 +270,11 @@ class AudioConfig:
     tower: TowerConfig | None = None
 
     def validate(self) -> None:
-        _check(8000 <= self.sample_rate <= 48000, f"sample_rate: must be 8000..48000 Hz, got {self.sample_rate}")
-        _check(8 <= self.n_mels <= 256, f"n_mels: must be 8..256, got {self.n_mels}")
-        _check(0 < self.hop_ms <= self.win_ms, f"hop_ms: must be in (0, win_ms], got {self.hop_ms}")
-        _check(self.max_seconds > 0, f"max_seconds: must be > 0, got {self.max_seconds}")
-        _check(self.stem != "whisper" or self.subsample == 2,
+        require(8000 <= self.sample_rate <= 48000, f"sample_rate: must be 8000..48000 Hz, got {self.sample_rate}")
+        require(8 <= self.n_mels <= 256, f"n_mels: must be 8..256, got {self.n_mels}")
+        require(0 < self.hop_ms <= self.win_ms, f"hop_ms: must be in (0, win_ms], got {self.hop_ms}")
+        require(self.max_seconds > 0, f"max_seconds: must be > 0, got {self.max_seconds}")
+        require(self.stem != "whisper" or self.subsample == 2,
                f"subsample: the whisper stem subsamples by 2, got {self.subsample}")
 
     @property
@@ -306,25 +307,25 @@ class ModelConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
-        _check(self.width > 0 and self.heads > 0 and self.width % self.heads == 0,
+        require(self.width > 0 and self.heads > 0 and self.width % self.heads == 0,
                f"width: must be a positive multiple of heads ({self.heads}), got {self.width}")
-        _check(self.depth >= 1, f"depth: must be >= 1, got {self.depth}")
-        _check(self.tower_depth >= 0, f"tower_depth: must be >= 0, got {self.tower_depth}")
-        _check(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1), got {self.dropout}")
-        _check(0.0 <= self.attn_dropout < 1.0, f"attn_dropout: must be in [0, 1), got {self.attn_dropout}")
-        _check(self.mlp_ratio > 0, f"mlp_ratio: must be > 0, got {self.mlp_ratio}")
+        require(self.depth >= 1, f"depth: must be >= 1, got {self.depth}")
+        require(self.tower_depth >= 0, f"tower_depth: must be >= 0, got {self.tower_depth}")
+        require(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1), got {self.dropout}")
+        require(0.0 <= self.attn_dropout < 1.0, f"attn_dropout: must be in [0, 1), got {self.attn_dropout}")
+        require(self.mlp_ratio > 0, f"mlp_ratio: must be > 0, got {self.mlp_ratio}")
         from .registry import get_modality, modality_names
         known = modality_names()
         bad = [m for m in self.modalities if m not in known]
-        _check(not bad, f"modalities: unknown {bad}; known (omniformer.registry.MODALITIES): {known}")
+        require(not bad, f"modalities: unknown {bad}; known (omniformer.registry.MODALITIES): {known}")
         for m, source in self.towers_from.items():
-            _check(m in known and isinstance(source, str) and ":" in source,
+            require(m in known and isinstance(source, str) and ":" in source,
                    f"towers_from.{m}: expected a modality in {known} mapped to 'kind:path', got {source!r}")
         for m, given in self.options.items():
-            _check(m in known, f"options.{m}: not a registered modality; known: {known}")
-            _check(isinstance(given, dict), f"options.{m}: expected a mapping of the {m} modality's options, got {given!r}")
+            require(m in known, f"options.{m}: not a registered modality; known: {known}")
+            require(isinstance(given, dict), f"options.{m}: expected a mapping of the {m} modality's options, got {given!r}")
             modality = get_modality(m)
-            _check(modality.Config is not None or not given,
+            require(modality.Config is not None or not given,
                    f"options.{m}: the {m} modality declares no options (its Config is None)")
             modality.options(self)  # its Config checks the keys and values
 
@@ -346,12 +347,12 @@ class ObjectiveConfig:
 
     def validate(self) -> None:
         for name in ("mlm", "matching", "contrastive", "masked_patch", "word_spotting", "guided_matching"):
-            _check(getattr(self, name) >= 0, f"{name}: weight must be >= 0, got {getattr(self, name)}")
-        _check(self.guided_glimpses >= 1, f"guided_glimpses: must be >= 1, got {self.guided_glimpses}")
-        _check(0 < self.mlm_probability < 1, f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
-        _check(0 < self.masked_patch_probability < 1,
+            require(getattr(self, name) >= 0, f"{name}: weight must be >= 0, got {getattr(self, name)}")
+        require(self.guided_glimpses >= 1, f"guided_glimpses: must be >= 1, got {self.guided_glimpses}")
+        require(0 < self.mlm_probability < 1, f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
+        require(0 < self.masked_patch_probability < 1,
                f"masked_patch_probability: must be in (0, 1), got {self.masked_patch_probability}")
-        _check(self.mlm + self.matching + self.contrastive + self.masked_patch + self.guided_matching > 0,
+        require(self.mlm + self.matching + self.contrastive + self.masked_patch + self.guided_matching > 0,
                "objectives: at least one weight must be > 0")
 
 
@@ -384,18 +385,18 @@ class TrainConfig:
     bucket: Literal["length", "modality"] = "length"
 
     def validate(self) -> None:
-        _check(self.steps >= 1, f"steps: must be >= 1, got {self.steps}")
-        _check(self.batch_size >= 1, f"batch_size: must be >= 1, got {self.batch_size}")
-        _check(self.grad_accum >= 1, f"grad_accum: must be >= 1, got {self.grad_accum}")
-        _check(self.lr > 0, f"lr: must be > 0, got {self.lr}")
-        _check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
-        _check(self.weight_decay >= 0, f"weight_decay: must be >= 0, got {self.weight_decay}")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+        require(self.steps >= 1, f"steps: must be >= 1, got {self.steps}")
+        require(self.batch_size >= 1, f"batch_size: must be >= 1, got {self.batch_size}")
+        require(self.grad_accum >= 1, f"grad_accum: must be >= 1, got {self.grad_accum}")
+        require(self.lr > 0, f"lr: must be > 0, got {self.lr}")
+        require(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        require(self.weight_decay >= 0, f"weight_decay: must be >= 0, got {self.weight_decay}")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
                f"betas: need two values in [0, 1), got {self.betas}")
-        _check(self.warmup_steps >= 0, f"warmup_steps: must be >= 0, got {self.warmup_steps}")
-        _check(self.grad_clip >= 0, f"grad_clip: must be >= 0, got {self.grad_clip}")
-        _check(self.workers >= 0, f"workers: must be >= 0, got {self.workers}")
-        _check(self.eval_every >= 1 and self.save_every >= 1 and self.log_every >= 1,
+        require(self.warmup_steps >= 0, f"warmup_steps: must be >= 0, got {self.warmup_steps}")
+        require(self.grad_clip >= 0, f"grad_clip: must be >= 0, got {self.grad_clip}")
+        require(self.workers >= 0, f"workers: must be >= 0, got {self.workers}")
+        require(self.eval_every >= 1 and self.save_every >= 1 and self.log_every >= 1,
                "eval_every/save_every/log_every: must be >= 1")
 
 
@@ -416,7 +417,7 @@ class DataConfig:
 
     def validate(self) -> None:
         sp = self.speed_perturbation
-        _check(not sp or (len(sp) == 2 and 0 < sp[0] <= sp[1]),
+        require(not sp or (len(sp) == 2 and 0 < sp[0] <= sp[1]),
                f"speed_perturbation: expected [] or [low, high] with 0 < low <= high, got {sp}")
 
 
@@ -435,7 +436,7 @@ class RunConfig:
     # Fraction of the task's training labels used (the low-label experiment uses 0.1).
     label_fraction: float = 1.0
     def validate(self) -> None:
-        _check(0 < self.label_fraction <= 1, f"label_fraction: must be in (0, 1], got {self.label_fraction}")
+        require(0 < self.label_fraction <= 1, f"label_fraction: must be in (0, 1], got {self.label_fraction}")
 
 
 RECIPES = Path(__file__).parent / "configs"

@@ -103,3 +103,20 @@ def test_a_checkpoint_from_before_the_task_sections_loads(tmp_path, trained_qa, 
     assert predictor.task_cfg.head == task["head"] and predictor.task_cfg.spoken_fraction == task["spoken_fraction"]
     assert main(["evaluate", "--model", str(old), "--manifest", str(manifest), "--ways", "text", "--workers", "0"]) == 0
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_own_data_without_a_recipe_starts_from_the_general_one(tmp_path, monkeypatch, capsys):
+    """--data.manifest without --config: not the built-in dataset's recipe (its curriculum, its sizes)."""
+    seen = {}
+    for name in ("qa", "classify"):
+        task = get_task(name)
+        monkeypatch.setattr(task, "train", lambda cfg, init=None, resume=False, n=name: seen.setdefault(n, cfg)
+                            or tmp_path)
+        assert main(["train", name, f"--data.manifest={tmp_path / 'mine.jsonl'}", f"--out_dir={tmp_path / name}"]) == 0
+        assert "general recipe" in capsys.readouterr().out
+    assert seen["qa"].data.dataset == "" and "curriculum" not in seen["qa"].task
+    assert seen["classify"].model.image.channels == 3 and seen["classify"].data.dataset == ""
+    seen.clear()
+    assert main(["train", "qa", "--config", "quickstart", f"--out_dir={tmp_path / 'q'}",
+                 f"--data.manifest={tmp_path / 'x.jsonl'}"]) == 0     # an explicit recipe is kept
+    assert "general recipe" not in capsys.readouterr().out and seen["qa"].task["curriculum"]["steps"] == 900

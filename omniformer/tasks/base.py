@@ -112,6 +112,9 @@ class Task:
     name: str = ""
     summary: str = ""
     recipe: str = ""                       # the built-in recipe used when --config is not given
+    # The built-in recipe for a user's own data (no dataset's settings): used instead of
+    # ``recipe`` when --config is not given and --data.manifest is.
+    general_recipe: str = ""
     Config: type | None = None             # the recipe's ``task:`` section (head and loss choices)
     fields: tuple[str, ...] = ()           # manifest fields the task reads
     predictor: type | None = None          # a Predictor class

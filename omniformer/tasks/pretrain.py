@@ -200,6 +200,7 @@ class PretrainTask(Task):
     name = "pretrain"
     summary = "Multimodal pretraining: masked language modelling, matching, contrastive, masked patches."
     recipe = "quickstart"
+    general_recipe = "vqa"
     fields = ("image", "text", "audio", "question")
 
     def config(self, cfg):

@@ -4,12 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ...config import ConfigError
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
+from ...config import require
 
 
 @dataclass
@@ -26,11 +21,11 @@ class ShapesConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        _check(self.images >= 1, f"images: must be >= 1, got {self.images}")
-        _check(self.size >= 16, f"size: must be >= 16 pixels, got {self.size}")
-        _check(1 <= self.min_objects <= self.max_objects <= 6,
+        require(self.images >= 1, f"images: must be >= 1, got {self.images}")
+        require(self.size >= 16, f"size: must be >= 16 pixels, got {self.size}")
+        require(1 <= self.min_objects <= self.max_objects <= 6,
                f"min_objects/max_objects: need 1 <= min <= max <= 6, got {self.min_objects}/{self.max_objects}")
         if self.layout == "grid":
-            _check(self.grid * self.grid >= self.max_objects,
+            require(self.grid * self.grid >= self.max_objects,
                    f"grid: {self.grid}x{self.grid} cells cannot hold {self.max_objects} objects")
-        _check(2 <= self.voices <= 8, f"voices: must be 2..8, got {self.voices}")
+        require(2 <= self.voices <= 8, f"voices: must be 2..8, got {self.voices}")

@@ -61,6 +61,7 @@ class ClassifyTask(Task):
     name = TASK_NAME
     summary = "recognition over any modalities (image, audio, text)"
     recipe = "mnist"
+    general_recipe = "classify"
     Config = ClassifyConfig
     fields = ("image", "audio", "text", "label")
     predictor = ClassifyPredictor

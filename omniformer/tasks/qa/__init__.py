@@ -30,6 +30,7 @@ class QATask(Task):
     summary = ("Show an image and ask about it, in text or by voice. "
                "Answers come from a closed vocabulary, with probabilities.")
     recipe = "quickstart"
+    general_recipe = "vqa"
     fields = ("image", "question", "question_audio", "answer")
     predictor = QAPredictor
 

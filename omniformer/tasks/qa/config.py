@@ -5,12 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ...config import ConfigError, ModelConfig
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
+from ...config import ModelConfig, require
 
 
 @dataclass
@@ -23,8 +18,8 @@ class Curriculum:
     steps: int = 0
 
     def validate(self) -> None:
-        _check(self.steps >= 0, f"steps: must be >= 0, got {self.steps}")
-        _check(not self.steps or self.values, "values: list the meta values to start with (curriculum.steps is set)")
+        require(self.steps >= 0, f"steps: must be >= 0, got {self.steps}")
+        require(not self.steps or self.values, "values: list the meta values to start with (curriculum.steps is set)")
 
     def admits(self, sample: dict) -> bool:
         return bool(self.steps) and sample.get("meta", {}).get(self.key) in self.values
@@ -55,15 +50,15 @@ class QAConfig:
     spoken_groups: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
-        _check(self.glimpses >= 1, f"glimpses: must be >= 1, got {self.glimpses}")
-        _check(not self.relations or self.head == "guided", f"relations: needs head=guided, got head={self.head}")
-        _check(0 <= self.spoken_fraction <= 1, f"spoken_fraction: must be in [0, 1], got {self.spoken_fraction}")
-        _check(self.word_spotting >= 0, f"word_spotting: must be >= 0, got {self.word_spotting}")
-        _check(0 <= self.spotter_overhears <= 1, f"spotter_overhears: must be in [0, 1], got {self.spotter_overhears}")
-        _check(self.grounding >= 0, f"grounding: must be >= 0, got {self.grounding}")
-        _check(not self.grounding or (self.head == "guided" and self.relations),
+        require(self.glimpses >= 1, f"glimpses: must be >= 1, got {self.glimpses}")
+        require(not self.relations or self.head == "guided", f"relations: needs head=guided, got head={self.head}")
+        require(0 <= self.spoken_fraction <= 1, f"spoken_fraction: must be in [0, 1], got {self.spoken_fraction}")
+        require(self.word_spotting >= 0, f"word_spotting: must be >= 0, got {self.word_spotting}")
+        require(0 <= self.spotter_overhears <= 1, f"spotter_overhears: must be in [0, 1], got {self.spotter_overhears}")
+        require(self.grounding >= 0, f"grounding: must be >= 0, got {self.grounding}")
+        require(not self.grounding or (self.head == "guided" and self.relations),
                f"grounding: {self.grounding} trains the anchor relation's pointer: it needs head=guided and relations=true")
-        _check(not self.word_spotting or self.hears_words,
+        require(not self.word_spotting or self.hears_words,
                f"word_spotting: {self.word_spotting} needs head=guided and spoken_question=words")
 
     @property
@@ -73,6 +68,6 @@ class QAConfig:
     def check_model(self, model: ModelConfig) -> None:
         """What this section asks of the architecture."""
         asked_by_voice = self.spoken_fraction > 0 and "audio" in model.modalities
-        _check(not (self.hears_words and asked_by_voice) or self.word_spotting > 0,
+        require(not (self.hears_words and asked_by_voice) or self.word_spotting > 0,
                "task.word_spotting: must be > 0 with task.spoken_question=words: only the transcripts of spoken "
                "questions train the word spotter")
