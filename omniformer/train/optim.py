@@ -10,20 +10,20 @@ from ..config import TrainConfig
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices of Linear/Conv layers only: not biases, norms, embeddings or learned tokens.
+    """Decay the weight matrices of Linear and convolution layers only: not biases, norms,
+    embeddings (nor a decoder tied to one), positions or learned tokens.
 
-    Decaying embeddings and layer-norm gains pulls them towards zero for no benefit; the
-    rule "decay parameters with ≥ 2 dims that are not embeddings" is what BERT and GPT use.
+    Decaying embeddings and layer-norm gains pulls them towards zero for no benefit; "decay
+    the matrices of the linear maps" is what BERT and GPT do. Chosen by the layer's type, not
+    its name: a Linear called ``token`` is still a linear map.
     """
-    decay, no_decay = [], []
     embedding_params = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim >= 2 and id(p) not in embedding_params and "position" not in name and "token" not in name:
-            decay.append(p)
-        else:
-            no_decay.append(p)
+    matrices = {id(m.weight) for m in model.modules()
+                if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and id(m.weight) not in embedding_params}
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if id(p) in matrices else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

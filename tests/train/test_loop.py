@@ -181,3 +181,28 @@ def test_resolve_device_names_a_bad_or_missing_device():
     missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: none on a CPU machine
     with pytest.raises(ValueError, match=f"'{missing}' is not available"):
         resolve_device(missing)
+
+
+def test_weight_decay_reaches_linear_maps_whatever_their_names():
+    """Matrices of Linear and conv layers decay; embeddings (and a decoder tied to one), norms,
+    biases, positions and learned tokens do not. A Linear named ``token`` is still a linear map."""
+    from torch import nn
+
+    from omniformer.train.optim import parameter_groups
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.token = nn.Linear(4, 4)                     # named like a token, a linear map all the same
+            self.conv = nn.Conv1d(4, 4, 3)
+            self.norm = nn.LayerNorm(4)
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+            self.decoder = nn.Linear(4, 10)
+            self.decoder.weight = self.embed.weight          # tied
+
+    net = Net()
+    decay, keep = parameter_groups(net, 0.1)
+    assert {id(p) for p in decay["params"]} == {id(net.token.weight), id(net.conv.weight)}
+    assert decay["weight_decay"] == 0.1 and keep["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(keep["params"]) == len(list(net.parameters()))
