@@ -182,7 +182,7 @@ def cmd_evaluate(args, overrides) -> int:
     cfg = _checkpoint_config(args.model, overrides)
     extra = {}
     if task.name == "qa":
-        extra["ways"] = tuple(w for w in args.ways.split(",") if w)
+        extra["asked"] = tuple(w for w in args.asked.split(",") if w)
     result = task.evaluate(args.model, args.manifest, args.split, device=args.device, workers=args.workers,
                            cfg=cfg if overrides else None, **extra)
     print(f"\n{args.model} ({task.name}) on {args.split}: {result.samples} samples, {result.seconds:.1f} s")
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint folder (its task is read from it)")
     p.add_argument("--manifest", help="default: the data the model was trained on")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--ways", default="text,audio", help="qa: ask in text, audio or both (comma-separated)")
+    p.add_argument("--asked", default="text,audio", help="qa: how to ask each question: text, audio or both (comma-separated)")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, mps...")
     p.add_argument("--workers", type=_count, default=2, help="processes that read and preprocess the samples")
     p.add_argument("--threads", type=_positive, help="torch threads (default: torch's own)")

@@ -52,7 +52,7 @@ def test_train_evaluate_predict_for_qa(tmp_path, small_shapes, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
     metrics = tmp_path / "m.json"
-    assert main(["evaluate", "--model", str(model), "--split", "val", "--ways", "text", "--workers", "0",
+    assert main(["evaluate", "--model", str(model), "--split", "val", "--asked", "text", "--workers", "0",
                  "--threads", "1", "--json", str(metrics)]) == 0
     written = json.loads(metrics.read_text())
     assert written["task"] == "qa" and 0 <= written["accuracy"] <= 1 and written["samples"] > 0
@@ -101,7 +101,7 @@ def test_a_checkpoint_from_before_the_task_sections_loads(tmp_path, trained_qa, 
     (old / "config.json").write_text(json.dumps(meta))
     predictor = QAPredictor.load(old)
     assert predictor.task_cfg.head == task["head"] and predictor.task_cfg.spoken_fraction == task["spoken_fraction"]
-    assert main(["evaluate", "--model", str(old), "--manifest", str(manifest), "--ways", "text", "--workers", "0"]) == 0
+    assert main(["evaluate", "--model", str(old), "--manifest", str(manifest), "--asked", "text", "--workers", "0"]) == 0
     assert "accuracy" in capsys.readouterr().out
 
 

@@ -173,8 +173,8 @@ def finetune(cfg: RunConfig, init: str | Path | None = None, resume: bool = Fals
     device = resolve_device(cfg.finetune.device)
 
     def evaluate(m: QAModel) -> dict[str, float]:
-        ways = ("text", "audio") if task.spoken_fraction > 0 else ("text",)
-        return evaluate_qa(m, manifest, val, cfg, tokenizer, answers, ways=ways, workers=cfg.finetune.workers,
+        asked = ("text", "audio") if task.spoken_fraction > 0 else ("text",)
+        return evaluate_qa(m, manifest, val, cfg, tokenizer, answers, asked=asked, workers=cfg.finetune.workers,
                            device=device, task=task)
 
     meta = meta_for(QA_TASK, cfg, answers=answers, init=str(init) if init else None,
@@ -192,7 +192,7 @@ def finetune(cfg: RunConfig, init: str | Path | None = None, resume: bool = Fals
 
 
 def evaluate(model_dir: str | Path, manifest: str | Path | None = None, split: str = "test",
-             ways: tuple[str, ...] = ("text", "audio"), device: str = "auto", workers: int = 0,
+             asked: tuple[str, ...] = ("text", "audio"), device: str = "auto", workers: int = 0,
              cfg: RunConfig | None = None) -> Evaluation:
     """Accuracy of a QA checkpoint on a split of its manifest (or another manifest); ``workers``
     processes read and preprocess the samples (0: this one); ``cfg``: the checkpoint's recipe
@@ -205,6 +205,6 @@ def evaluate(model_dir: str | Path, manifest: str | Path | None = None, split: s
     if not samples:
         raise ValueError(f"{manifest}: no QA samples in split {split!r}")
     start = time.perf_counter()
-    metrics = evaluate_qa(predictor.model, manifest, samples, cfg, predictor.tokenizer, predictor.answers, ways=ways,
+    metrics = evaluate_qa(predictor.model, manifest, samples, cfg, predictor.tokenizer, predictor.answers, asked=asked,
                           workers=workers, device=next(predictor.model.parameters()).device, task=qa_config(cfg))
     return Evaluation(QA_TASK, split, len(samples), time.perf_counter() - start, metrics)

@@ -12,15 +12,15 @@ def test_qa_learns_counting(trained_qa):
     (two, three or four: chance is a third); it must get nearly all held-out questions right."""
     from omniformer.tasks.pipeline import evaluate
     model_dir, manifest = trained_qa
-    result = evaluate(model_dir, manifest, "test", ways=("text",))
+    result = evaluate(model_dir, manifest, "test", asked=("text",))
     assert result.samples >= 20
     assert result.metrics["text/family/count"] >= 0.85, result.metrics
     # Samples read by worker processes come back in order: the same answers, the same report.
-    assert evaluate(model_dir, manifest, "test", ways=("text",), workers=2).metrics == result.metrics
+    assert evaluate(model_dir, manifest, "test", asked=("text",), workers=2).metrics == result.metrics
     # The CLI passes --device and --workers through, and names a bad value.
     out = model_dir.parent / "cli_eval.json"
     cli = [sys.executable, "-m", "omniformer.cli", "evaluate", "--model", str(model_dir), "--manifest", str(manifest),
-           "--ways", "text", "--device", "cpu", "--workers", "1", "--json", str(out)]
+           "--asked", "text", "--device", "cpu", "--workers", "1", "--json", str(out)]
     run = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
     written = json.loads(out.read_text())  # every task's metrics at the top level, named for the metric

@@ -44,9 +44,9 @@ class QATask(Task):
 
     def evaluate(self, model_dir: str | Path, manifest: str | Path | None = None, split: str = "test",
                  device: str = "auto", workers: int = 0, cfg: RunConfig | None = None,
-                 ways: tuple[str, ...] = ("text", "audio")) -> Evaluation:
+                 asked: tuple[str, ...] = ("text", "audio")) -> Evaluation:
         from ..pipeline import evaluate
-        return evaluate(model_dir, manifest, split, ways=ways, device=device, workers=workers, cfg=cfg)
+        return evaluate(model_dir, manifest, split, asked=asked, device=device, workers=workers, cfg=cfg)
 
     def add_predict_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--image", help="the image to ask about")

@@ -232,13 +232,13 @@ def accuracy_report(samples: Sequence[dict], predictions: Sequence[str], spoken:
 
 
 def evaluate_qa(model: nn.Module, manifest: str | Path, samples: Sequence[dict], cfg: RunConfig,
-                tokenizer: Tokenizer, answers: Sequence[str], ways: Sequence[str] = ("text", "audio"),
+                tokenizer: Tokenizer, answers: Sequence[str], asked: Sequence[str] = ("text", "audio"),
                 batch_size: int = 128, workers: int = 0, device: str | torch.device = "cpu",
                 task: QAConfig | None = None) -> dict[str, float]:
-    """Each sample is asked once per way ("text", "audio") that it supports; ``task`` names the
-    metric groups."""
+    """Each sample is asked once in each way of ``asked`` ("text", "audio") that it supports;
+    ``task`` names the metric groups."""
     all_samples, predictions, spoken = [], [], []
-    for way in ways:
+    for way in asked:
         field = "question" if way == "text" else "question_audio"
         subset = [s for s in samples if s.get(field)]
         if not subset:

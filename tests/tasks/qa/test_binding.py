@@ -17,7 +17,7 @@ def test_recipe_binds_colour_words_to_objects(tmp_path, small_shapes):
                        "--task.curriculum.steps=0")
     assert cfg.task["head"] == "guided" and cfg.model.image.drop_flat_patches  # the recipe under test
     model_dir = finetune(cfg, init=None, progress=False)
-    metrics = evaluate(model_dir, manifest, split="test", ways=("text",)).metrics
+    metrics = evaluate(model_dir, manifest, split="test", asked=("text",)).metrics
     # Chance: 1/3 for shape, 1/2 for sides. Each family must be learnt, not just one.
     for family in BINDING:
         assert metrics[f"text/family/{family}"] >= 0.85, metrics
