@@ -149,44 +149,75 @@ class Example:
     sample_id: str
     question: str | None
     answer: str | None
-    image: bytes
-    image_type: str
+    image: bytes | None
+    image_type: str | None
     audio: bytes | None = None
     audio_type: str | None = None
+    label: str | None = None   # a classify sample's true label
+    text: str | None = None    # a classify sample's text input
 
 
-def load_examples(manifest: str | Path, count: int = 8, split: str = "test") -> list[Example]:
-    """A few samples with an image and a text question, read once at start-up and kept in memory.
+def _round_robin(samples: list[dict], key: str, count: int) -> list[dict]:
+    """Up to ``count`` samples, different values of ``key`` first (round robin over them)."""
+    by_value: dict[str, list[dict]] = {}
+    for s in samples:
+        by_value.setdefault(str(s.get(key, "")), []).append(s)
+    picked: list[dict] = []
+    while len(picked) < count and any(by_value.values()):
+        for value in list(by_value):
+            if by_value[value] and len(picked) < count:
+                picked.append(by_value[value].pop(0))
+    return picked
 
-    Different answers first (round robin over them), so the page shows variety on any manifest.
+
+def _read_media(root: Path, name: Any, sniff) -> tuple[bytes | None, str | None]:
+    """A manifest's file (relative to it) and its sniffed type; (None, None) when absent or unreadable."""
+    if not isinstance(name, str) or not name or not (root / name).is_file():
+        return None, None
+    data = (root / name).read_bytes()
+    kind = sniff(data)
+    return (data, kind) if kind is not None else (None, None)
+
+
+def load_examples(manifest: str | Path, count: int = 8, split: str = "test", task: str = "qa",
+                  fields: dict[str, str] | None = None) -> list[Example]:
+    """A few test samples for the page, read once at start-up and kept in memory.
+
+    ``task`` "qa": samples with an image and a text question (and its spoken version where the
+    sample has one), different answers first. Any other task: samples with a ``label`` and at
+    least one input the model reads, different labels first; ``fields`` maps each input the
+    page can send (image, audio, text) to the manifest field that feeds it (default: the field
+    of the same name).
     """
     from ..data.manifest import read_manifest
     manifest = Path(manifest)
     root = manifest.parent
-    samples = [s for s in read_manifest(manifest)
-               if s.get("split", "train") == split and s.get("image") and s.get("question")]
-    by_answer: dict[str, list[dict]] = {}
-    for s in samples:
-        by_answer.setdefault(str(s.get("answer", "")), []).append(s)
-    picked: list[dict] = []
-    while len(picked) < count and any(by_answer.values()):
-        for answer in list(by_answer):
-            if by_answer[answer] and len(picked) < count:
-                picked.append(by_answer[answer].pop(0))
-    out = []
-    for s in picked:
-        image = (root / s["image"]).read_bytes()
-        kind = sniff_image(image)
-        if kind is None:
+    samples = [s for s in read_manifest(manifest) if s.get("split", "train") == split]
+    out: list[Example] = []
+    if task == "qa":
+        picked = _round_robin([s for s in samples if s.get("image") and s.get("question")], "answer", count)
+        for s in picked:
+            image, kind = _read_media(root, s["image"], sniff_image)
+            if image is None:
+                continue
+            audio, audio_kind = _read_media(root, s.get("question_audio"), sniff_audio)
+            out.append(Example(str(s.get("id", len(out))), s.get("question"), s.get("answer"), image, kind,
+                               audio, audio_kind))
+        return out
+    fields = {"image": "image", "audio": "audio", "text": "text"} if fields is None else fields
+    usable = [s for s in samples if s.get("label") is not None and any(s.get(f) for f in fields.values())]
+    for s in _round_robin(usable, "label", 4 * count):  # some files may be unreadable: a few spare
+        image, kind = _read_media(root, s.get(fields["image"]), sniff_image) if "image" in fields else (None, None)
+        audio, audio_kind = (_read_media(root, s.get(fields["audio"]), sniff_audio) if "audio" in fields
+                             else (None, None))
+        text = s.get(fields["text"]) if "text" in fields else None
+        text = text if isinstance(text, str) and text.strip() else None
+        if image is None and audio is None and text is None:
             continue
-        audio, audio_kind = None, None
-        if s.get("question_audio") and (root / s["question_audio"]).is_file():
-            audio = (root / s["question_audio"]).read_bytes()
-            audio_kind = sniff_audio(audio)
-            if audio_kind is None:
-                audio = None
-        out.append(Example(str(s.get("id", len(out))), s.get("question"), s.get("answer"), image, kind,
-                           audio, audio_kind))
+        out.append(Example(str(s.get("id", len(out))), None, None, image, kind, audio, audio_kind,
+                           label=str(s["label"]), text=text))
+        if len(out) == count:
+            break
     return out
 
 
@@ -238,9 +269,11 @@ def create_app(model_dir: str | Path, *, max_batch: int = 32, max_wait_ms: float
     limits = ServeLimits(max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_audio_seconds=max_audio_seconds,
                          max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          decode_threads=decode_threads)
-    examples = load_examples(examples_manifest) if examples_manifest else []
     metrics = ServerMetrics(predictor.model_id)
     service = task.service(predictor, limits, metrics)
+    # The examples the page offers: the inputs this service takes, from the fields that feed them.
+    examples = (load_examples(examples_manifest, task=task.name, fields=getattr(service, "example_fields", None))
+                if examples_manifest else [])
     metrics.add(Gauge("omniformer_queue_depth", "Requests waiting for the model.", read=lambda: service.queued))
     metrics.add(Gauge("omniformer_ready", "1 once the model is loaded and warmed up.", read=lambda: int(service.ready)))
     static = {name: (STATIC / name).read_bytes() for name in STATIC_FILES if (STATIC / name).is_file()}
@@ -321,21 +354,24 @@ def create_app(model_dir: str | Path, *, max_batch: int = 32, max_wait_ms: float
             raise ApiError(404, "not_found", f"example {i}: no such example; there are {len(examples)}")
         return examples[i]
 
-    @app.get("/v1/examples", tags=["examples"], summary="A few test questions to try")
+    @app.get("/v1/examples", tags=["examples"], summary="A few test samples to try")
     async def list_examples():
         return {"examples": [{"index": i, "id": e.sample_id, "question": e.question, "answer": e.answer,
+                              "label": e.label, "text": e.text, "has_image": e.image is not None,
                               "has_audio": e.audio is not None} for i, e in enumerate(examples)]}
 
     @app.get("/v1/examples/{i}/image", tags=["examples"], response_class=Response)
     async def example_image(i: int):
         e = example_at(i)
+        if e.image is None:
+            raise ApiError(404, "not_found", f"example {i}: has no image")
         return Response(e.image, media_type=_MIME[e.image_type], headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/v1/examples/{i}/audio", tags=["examples"], response_class=Response)
     async def example_audio(i: int):
         e = example_at(i)
         if e.audio is None:
-            raise ApiError(404, "not_found", f"example {i}: has no spoken question")
+            raise ApiError(404, "not_found", f"example {i}: has no " + ("spoken question" if e.question else "recording"))
         return Response(e.audio, media_type=_MIME[e.audio_type], headers={"Cache-Control": "max-age=3600"})
 
     # -- the page ------------------------------------------------------------------------------

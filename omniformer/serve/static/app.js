@@ -1,8 +1,29 @@
-// Omniformer QA page. No framework, no build step, nothing loaded from elsewhere.
+// Omniformer's page. No framework, no build step, nothing loaded from elsewhere.
+//
+// GET /v1/model says which task is served; its panel (a <template> in index.html) is put in
+// <main>: "qa" asks about an image in text or by voice, "classify" shows the top labels of an
+// image, a recording and/or a text (the inputs the model reads). Any other task gets a notice
+// pointing to /docs. Both panels use the same element ids, so the helpers below serve both.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, audio: null, maxAudioSeconds: 8, sampleRate: 16000, recorder: null };
+const state = {
+  task: null, info: null, image: null, audio: null, maxAudioSeconds: 8, sampleRate: 16000, recorder: null,
+  topK: 5, acceptsAudio: true, recordedLabel: "Recorded question ready.",
+  onInput: null,   // called when an image or a recording is set (classify: classify it)
+  quiet: false,    // while an example fills in the inputs, onInput waits
+  request: 0,      // the latest request's number: an older answer arriving late is not shown
+};
+const NOUNS = { image: "an image", audio: "a recording", text: "a text" };
+const FROM = { image: "the image", audio: "the recording", text: "the text" };
+
+function listWords(words, last = "or") {
+  return words.length < 2 ? words.join("") : `${words.slice(0, -1).join(", ")} ${last} ${words[words.length - 1]}`;
+}
+
+function inputChanged(kind) {
+  if (state.onInput && !state.quiet) state.onInput(kind);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Image: choose or drop, with a preview
@@ -23,23 +44,51 @@ function setImage(file) {
   $("drop-hint").hidden = true;
   $("drop").dataset.empty = "false";
   hideError();
+  inputChanged("image");
+}
+
+function clearImage() {
+  state.image = null;
+  const preview = $("preview");
+  if (!preview) return;
+  if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
+  preview.removeAttribute("src");
+  preview.hidden = true;
+  $("drop-hint").hidden = false;
+  $("drop").dataset.empty = "true";
+}
+
+function isAudio(file) {
+  return (file.type && file.type.startsWith("audio/")) || /\.(wav|flac|ogg)$/i.test(file.name || "");
+}
+
+// A dropped file: an image to the image, a recording to the recording (where the model reads one).
+function dropFiles(files, preferAudio) {
+  files = [...files];
+  const image = files.find((f) => f.type.startsWith("image/"));
+  const audio = state.acceptsAudio ? files.find(isAudio) : undefined;
+  if (audio && (preferAudio || !image || !$("drop"))) setAudio(audio, `Audio file: ${audio.name}`);
+  else if ($("drop")) setImage(image || files[0]);
+  else showError(`"${files[0] ? files[0].name : "the file"}" is not a recording. Choose a WAV, FLAC or OGG file.`);
+}
+
+function acceptDrops(zone, preferAudio) {
+  if (!zone) return;
+  for (const ev of ["dragenter", "dragover"]) {
+    zone.addEventListener(ev, (e) => { e.preventDefault(); zone.classList.add("over"); });
+  }
+  for (const ev of ["dragleave", "drop"]) {
+    zone.addEventListener(ev, () => zone.classList.remove("over"));
+  }
+  zone.addEventListener("drop", (e) => { e.preventDefault(); dropFiles(e.dataTransfer.files, preferAudio); });
 }
 
 function setupImage() {
-  const input = $("image-input"), drop = $("drop");
+  const input = $("image-input");
+  if (!input) return;
   $("choose-image").addEventListener("click", () => input.click());
-  input.addEventListener("change", () => setImage(input.files[0]));
-  for (const ev of ["dragenter", "dragover"]) {
-    drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
-  }
-  for (const ev of ["dragleave", "drop"]) {
-    drop.addEventListener(ev, () => drop.classList.remove("over"));
-  }
-  drop.addEventListener("drop", (e) => {
-    e.preventDefault();
-    const file = [...e.dataTransfer.files].find((f) => f.type.startsWith("image/")) || e.dataTransfer.files[0];
-    setImage(file);
-  });
+  input.addEventListener("change", () => { setImage(input.files[0]); input.value = ""; });
+  acceptDrops($("drop"), false);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -49,11 +98,14 @@ function setupImage() {
 function setAudio(blob, label) {
   state.audio = blob;
   const player = $("audio-preview");
+  if (!player) return;
   if (player.src.startsWith("blob:")) URL.revokeObjectURL(player.src);
   if (blob) {
     player.src = URL.createObjectURL(blob);
     $("audio-row").hidden = false;
     $("audio-status").textContent = label;
+    hideError();
+    inputChanged("audio");
   } else {
     player.removeAttribute("src");
     $("audio-row").hidden = true;
@@ -116,7 +168,7 @@ async function startRecording() {
     setRecordingUi(false);
     try {
       const wav = await toWav(new Blob(chunks, { type: recorder.mimeType }));
-      setAudio(wav, "Recorded question ready.");
+      setAudio(wav, state.recordedLabel);
     } catch (e) {
       showError(`Could not convert the recording: ${e.message}`);
     }
@@ -141,6 +193,7 @@ function setRecordingUi(on) {
 }
 
 function setupVoice() {
+  if (!$("record")) return;
   $("record").addEventListener("click", () => (state.recorder ? stopRecording() : startRecording()));
   const input = $("audio-input");
   $("choose-audio").addEventListener("click", () => input.click());
@@ -150,28 +203,23 @@ function setupVoice() {
     input.value = "";
   });
   $("audio-clear").addEventListener("click", () => setAudio(null));
+  acceptDrops($("sound-drop"), true);
 }
 
 // ---------------------------------------------------------------------------------------------
-// Asking and showing the answer
+// Results: the best one large, then the top ones as bars with probabilities
 // ---------------------------------------------------------------------------------------------
 
 function showError(message) { const el = $("error"); el.textContent = message; el.hidden = false; }
-function hideError() { $("error").hidden = true; }
+function hideError() { const el = $("error"); if (el) el.hidden = true; }
 
-function showAnswer(data, expected) {
-  const best = data.answers[0];
-  $("answer-main").textContent = best ? best.answer : "—";
-  const way = { text: "asked in text", voice: "asked by voice", "text+voice": "asked in text and by voice" }[data.asked_by];
-  let meta = `${way} · ${Math.round(data.time_ms)} ms`;
-  if (expected) meta += best && best.answer === expected ? ` · expected "${expected}" ✓` : ` · expected "${expected}"`;
-  $("answer-meta").textContent = meta;
+function showBars(items) {
   const bars = $("bars");
   bars.replaceChildren();
-  for (const { answer, probability } of data.answers) {
+  for (const { label: name, probability } of items) {
     const li = document.createElement("li");
     const label = document.createElement("span");
-    label.className = "label"; label.textContent = answer; label.title = answer;
+    label.className = "label"; label.textContent = name; label.title = name;
     const track = document.createElement("span");
     track.className = "track";
     track.setAttribute("role", "presentation");
@@ -181,11 +229,84 @@ function showAnswer(data, expected) {
     const pct = document.createElement("span");
     pct.className = "pct"; pct.textContent = `${(100 * probability).toFixed(1)}%`;
     li.append(label, track, pct);
-    li.setAttribute("aria-label", `${answer}: ${(100 * probability).toFixed(1)} percent`);
+    li.setAttribute("aria-label", `${name}: ${(100 * probability).toFixed(1)} percent`);
     bars.append(li);
     // Set through the CSSOM (allowed by the page's Content-Security-Policy), after layout so it animates.
     requestAnimationFrame(() => { fill.style.width = `${Math.max(0.5, 100 * probability)}%`; });
   }
+}
+
+// POST a form to the task's route; the body on success, null (with the error shown) otherwise.
+async function post(url, form, button) {
+  const number = ++state.request;
+  const result = $("result");
+  if (button) button.disabled = true;
+  result.setAttribute("aria-busy", "true");
+  try {
+    const response = await fetch(url, { method: "POST", body: form });
+    const data = await response.json().catch(() => null);
+    if (number !== state.request) return null;  // a newer request was sent meanwhile
+    if (!response.ok) {
+      showError(data && data.error ? data.error.message : `The server answered ${response.status}.`);
+      return null;
+    }
+    hideError();
+    return data;
+  } catch (e) {
+    if (number === state.request) showError(`Could not reach the server: ${e.message}`);
+    return null;
+  } finally {
+    if (number === state.request) {
+      if (button) button.disabled = false;
+      result.setAttribute("aria-busy", "false");
+    }
+  }
+}
+
+async function fetchBlob(url, name) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`${url}: ${response.status}`);
+  const blob = await response.blob();
+  return new File([blob], name, { type: blob.type });
+}
+
+// One example in the list: a thumbnail (its image, or a sign for a recording or a text) and a caption.
+function exampleItem(ex, caption, ariaLabel, onClick) {
+  const li = document.createElement("li");
+  li.className = "example";
+  const main = document.createElement("button");
+  main.type = "button"; main.className = "main";
+  main.setAttribute("aria-label", ariaLabel);
+  let thumb;
+  if (ex.has_image) {
+    thumb = document.createElement("img");
+    thumb.src = `/v1/examples/${ex.index}/image`; thumb.alt = ""; thumb.loading = "lazy";
+  } else {
+    thumb = document.createElement("span");
+    thumb.className = "thumb";
+    thumb.setAttribute("aria-hidden", "true");
+    thumb.textContent = ex.has_audio ? "♪" : "“…”";
+  }
+  const q = document.createElement("span");
+  q.className = "q"; q.textContent = caption;
+  main.append(thumb, q);
+  main.addEventListener("click", onClick);
+  li.append(main);
+  return li;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Question answering: ask about an image in text or by voice
+// ---------------------------------------------------------------------------------------------
+
+function showAnswer(data, expected) {
+  const best = data.answers[0];
+  $("answer-main").textContent = best ? best.answer : "—";
+  const way = { text: "asked in text", voice: "asked by voice", "text+voice": "asked in text and by voice" }[data.asked_by];
+  let meta = `${way} · ${Math.round(data.time_ms)} ms`;
+  if (expected) meta += best && best.answer === expected ? ` · expected "${expected}" ✓` : ` · expected "${expected}"`;
+  $("answer-meta").textContent = meta;
+  showBars(data.answers.map((a) => ({ label: a.answer, probability: a.probability })));
 }
 
 async function ask(expected) {
@@ -198,35 +319,11 @@ async function ask(expected) {
   if (question) form.append("question", question);
   if (state.audio) form.append("audio", state.audio, state.audio.name || "question.wav");
   form.append("top_k", String(state.topK || 5));
-  const button = $("ask"), result = $("result");
-  button.disabled = true; result.setAttribute("aria-busy", "true");
-  try {
-    const response = await fetch("/v1/answer", { method: "POST", body: form });
-    const data = await response.json().catch(() => null);
-    if (!response.ok) {
-      showError(data && data.error ? data.error.message : `The server answered ${response.status}.`);
-      return;
-    }
-    showAnswer(data, expected);
-  } catch (e) {
-    showError(`Could not reach the server: ${e.message}`);
-  } finally {
-    button.disabled = false; result.setAttribute("aria-busy", "false");
-  }
+  const data = await post("/v1/answer", form, $("ask"));
+  if (data) showAnswer(data, expected);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Examples and start-up
-// ---------------------------------------------------------------------------------------------
-
-async function fetchBlob(url, name) {
-  const response = await fetch(url);
-  if (!response.ok) throw new Error(`${url}: ${response.status}`);
-  const blob = await response.blob();
-  return new File([blob], name, { type: blob.type });
-}
-
-async function tryExample(ex, byVoice) {
+async function tryQaExample(ex, byVoice) {
   try {
     setImage(await fetchBlob(`/v1/examples/${ex.index}/image`, `example-${ex.index}`));
     if (byVoice) {
@@ -243,51 +340,206 @@ async function tryExample(ex, byVoice) {
   }
 }
 
-async function loadExamples() {
-  const response = await fetch("/v1/examples");
-  if (!response.ok) return;
-  const { examples } = await response.json();
-  if (!examples.length) return;
-  const list = $("examples");
-  for (const ex of examples) {
-    const li = document.createElement("li");
-    li.className = "example";
-    const main = document.createElement("button");
-    main.type = "button"; main.className = "main";
-    main.setAttribute("aria-label", `Ask: ${ex.question}`);
-    const img = document.createElement("img");
-    img.src = `/v1/examples/${ex.index}/image`; img.alt = ""; img.loading = "lazy";
-    const q = document.createElement("span");
-    q.className = "q"; q.textContent = ex.question;
-    main.append(img, q);
-    main.addEventListener("click", () => tryExample(ex, false));
-    li.append(main);
-    if (ex.has_audio) {
-      const voice = document.createElement("button");
-      voice.type = "button"; voice.className = "button link voice-try"; voice.textContent = "Ask by voice";
-      voice.setAttribute("aria-label", `Ask by voice: ${ex.question}`);
-      voice.addEventListener("click", () => tryExample(ex, true));
-      li.append(voice);
-    }
-    list.append(li);
+function qaExample(ex) {
+  if (!ex.question || !ex.has_image) return null;
+  const li = exampleItem(ex, ex.question, `Ask: ${ex.question}`, () => tryQaExample(ex, false));
+  if (ex.has_audio) {
+    const voice = document.createElement("button");
+    voice.type = "button"; voice.className = "button link voice-try"; voice.textContent = "Ask by voice";
+    voice.setAttribute("aria-label", `Ask by voice: ${ex.question}`);
+    voice.addEventListener("click", () => tryQaExample(ex, true));
+    li.append(voice);
   }
-  $("examples-section").hidden = false;
+  return li;
 }
 
-async function loadModel() {
-  const response = await fetch("/v1/model");
-  if (!response.ok) return;
-  const info = await response.json();
-  state.maxAudioSeconds = info.max_audio_seconds;
-  state.sampleRate = info.audio_sample_rate;
+function setupQa(info) {
   state.topK = Math.min(5, info.answers.length);  // a small answer vocabulary has fewer than 5
+  document.title = "Omniformer · Ask about an image";
+  $("subtitle").textContent = "Ask about an image, in text or by voice";
   $("model-name").textContent = `Model: ${info.model} · ${info.answers.length} possible answers`;
-}
-
-document.addEventListener("DOMContentLoaded", () => {
   setupImage();
   setupVoice();
   $("ask-form").addEventListener("submit", (e) => { e.preventDefault(); ask(); });
-  loadModel().catch(() => {});
-  loadExamples().catch(() => {});
-});
+  return { hint: "ShapesWorld test scenes the model has never seen. One click asks the question.", item: qaExample };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recognition: the top labels of an image, a recording and/or a text
+// ---------------------------------------------------------------------------------------------
+
+function reads(kind) { return state.info.inputs.includes(kind) && state.info.input_kinds?.[kind] !== "unsupported"; }
+
+function showLabels(data, expected) {
+  const best = data.labels[0];
+  $("answer-main").textContent = best ? best.label : "—";
+  let meta = `from ${listWords(data.inputs.map((m) => FROM[m] || m), "and")} · ${Math.round(data.time_ms)} ms`;
+  if (expected != null) meta += best && best.label === expected ? ` · true label "${expected}" ✓` : ` · true label "${expected}"`;
+  $("answer-meta").textContent = meta;
+  showBars(data.labels);
+}
+
+async function classify(expected) {
+  hideError();
+  const text = reads("text") ? $("text").value.trim() : "";
+  const image = reads("image") ? state.image : null, audio = reads("audio") ? state.audio : null;
+  if (!image && !audio && !text) {
+    const ways = { image: "choose an image", audio: "record or upload a recording", text: "type a text" };
+    const what = listWords(["image", "audio", "text"].filter(reads).map((m) => ways[m]));
+    showError(`${what.charAt(0).toUpperCase()}${what.slice(1)} first.`);
+    return;
+  }
+  const form = new FormData();
+  if (image) form.append("image", image, image.name || "image");
+  if (audio) form.append("audio", audio, audio.name || "recording.wav");
+  if (text) form.append("text", text);
+  form.append("top_k", String(state.topK || 5));
+  const data = await post("/v1/classify", form, $("classify"));
+  if (data) showLabels(data, expected);
+}
+
+async function tryClassifyExample(ex) {
+  state.quiet = true;  // one request, once every input of the example is in
+  try {
+    if (reads("image")) {
+      if (ex.has_image) setImage(await fetchBlob(`/v1/examples/${ex.index}/image`, `example-${ex.index}`));
+      else clearImage();
+    }
+    if (reads("audio")) {
+      if (ex.has_audio) {
+        setAudio(await fetchBlob(`/v1/examples/${ex.index}/audio`, `example-${ex.index}.wav`),
+                 `Example recording (${ex.id})`);
+      } else setAudio(null);
+    }
+    if (reads("text")) $("text").value = ex.text || "";
+  } catch (e) {
+    showError(`Could not load the example: ${e.message}`);
+    return;
+  } finally {
+    state.quiet = false;
+  }
+  await classify(ex.label);
+}
+
+function classifyExample(ex) {
+  const has = [ex.has_image && reads("image") && "image", ex.has_audio && reads("audio") && "audio",
+               ex.text && reads("text") && "text"].filter(Boolean);
+  if (ex.label == null || !has.length) return null;
+  const caption = ex.text && reads("text") ? `${ex.label} · “${ex.text}”` : ex.label;
+  const li = exampleItem(ex, caption, `Classify the example ${ex.id} (true label ${ex.label})`,
+                         () => tryClassifyExample(ex));
+  li.querySelector(".q").dataset.kind = "label";
+  return li;
+}
+
+function setupClassify(info) {
+  const inputs = ["image", "audio", "text"].filter(reads);
+  state.topK = Math.min(5, info.labels.length);
+  state.acceptsAudio = inputs.includes("audio");
+  state.recordedLabel = "Recording ready.";
+  document.title = "Omniformer · Recognition";
+  $("subtitle").textContent = inputs.length ? `Recognise ${listWords(inputs.map((m) => NOUNS[m]))}` : "Recognition";
+  $("model-name").textContent = `Model: ${info.model} · ${info.labels.length} labels · reads ${info.inputs.join(", ")}`;
+  // Only the cards of the inputs the model reads, numbered; the button goes under the last one.
+  for (const card of document.querySelectorAll("[data-input]")) {
+    if (!inputs.includes(card.dataset.input)) card.remove();
+  }
+  const cards = [...document.querySelectorAll("[data-input]")];
+  document.querySelectorAll("#panel .step").forEach((step, i) => { step.textContent = String(i + 1); });
+  const button = $("classify");
+  if (cards.length) cards[cards.length - 1].append(button); else button.remove();
+  const hints = { image: "drop or choose an image", audio: "record or upload a recording", text: "type a text" };
+  const hint = listWords(inputs.map((m) => hints[m]));
+  $("result-hint").textContent = inputs.length ? `${hint.charAt(0).toUpperCase()}${hint.slice(1)} to see its labels.`
+                                               : "This page cannot send any input this model reads.";
+  // Inputs of another registered modality: sent through the API (values) or from Python (files).
+  const others = info.inputs.filter((m) => !inputs.includes(m));
+  if (others.length) {
+    const docs = document.createElement("a");
+    docs.href = "/docs"; docs.textContent = "/docs";
+    const files = others.filter((m) => info.input_kinds?.[m] === "unsupported");
+    const values = others.filter((m) => !files.includes(m));
+    const parts = [];
+    if (values.length) parts.push(`${values.join(", ")} through POST /v1/classify.json`);
+    if (files.length) parts.push(`${files.join(", ")} files (which the server does not decode) from Python`);
+    const lead = `This model ${inputs.length ? "also " : ""}reads ${listWords(others, "and")}`;
+    $("unsupported").append(`${lead}, which this page cannot send: classify ${parts.join(", and ")}; see `, docs, ".");
+    $("unsupported").hidden = false;
+  }
+  setupImage();
+  setupVoice();
+  state.onInput = () => classify();  // a new image or recording: its labels at once
+  if (inputs.includes("text")) {
+    $("text").maxLength = info.max_text_chars || 2000;
+    $("text").addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); classify(); }
+    });
+  }
+  $("classify-form").addEventListener("submit", (e) => { e.preventDefault(); classify(); });
+  return { hint: "Test samples the model has never seen, each with its true label. One click classifies one.",
+           item: classifyExample };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up: the model says the task; its panel, then its examples
+// ---------------------------------------------------------------------------------------------
+
+const PANELS = { qa: setupQa, classify: setupClassify };
+
+function showPanel(name) {
+  const main = $("panel");
+  main.replaceChildren(document.importNode($(name).content, true));
+  main.setAttribute("aria-busy", "false");
+}
+
+function showNotice(title, message) {
+  showPanel("no-panel");
+  $("notice-title").textContent = title;
+  $("notice").textContent = message;
+}
+
+async function loadExamples(panel) {
+  const response = await fetch("/v1/examples");
+  if (!response.ok) return;
+  const { examples } = await response.json();
+  const items = examples.map(panel.item).filter(Boolean);
+  if (!items.length) return;
+  $("examples").replaceChildren(...items);
+  $("examples-hint").textContent = panel.hint;
+  $("examples-section").hidden = false;
+}
+
+async function start() {
+  let info;
+  try {
+    const response = await fetch("/v1/model");
+    info = await response.json().catch(() => null);
+    if (!response.ok || !info) {
+      const why = info && info.error ? info.error.message : `it answered ${response.status}`;
+      showNotice("The model is not available", `GET /v1/model failed: ${why}. Reload the page to try again.`);
+      return;
+    }
+  } catch (e) {
+    showNotice("The server cannot be reached", `GET /v1/model failed: ${e.message}. Reload the page to try again.`);
+    return;
+  }
+  state.info = info;
+  state.task = info.task || "qa";
+  if (info.max_audio_seconds) state.maxAudioSeconds = info.max_audio_seconds;
+  if (info.audio_sample_rate) state.sampleRate = info.audio_sample_rate;
+  const setup = PANELS[state.task];
+  if (!setup) {
+    document.title = `Omniformer · ${state.task}`;
+    $("subtitle").textContent = `The ${state.task} task`;
+    $("model-name").textContent = info.model ? `Model: ${info.model}` : "";
+    showNotice(`No page for the ${state.task} task`,
+               `This server runs the "${state.task}" task${info.model ? ` (model ${info.model})` : ""}, `
+               + "which has no panel on this page.");
+    return;
+  }
+  showPanel(`${state.task}-panel`);
+  const panel = setup(info);
+  loadExamples(panel).catch(() => {});
+}
+
+document.addEventListener("DOMContentLoaded", () => { start(); });

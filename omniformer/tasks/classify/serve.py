@@ -4,8 +4,20 @@
     curl -F image=@seven.png -F top_k=3 http://localhost:8000/v1/classify
     {"labels": [{"label": "7", "probability": 0.998}, ...], "model": "...", "inputs": ["image"], "time_ms": 4.1}
 
-A request sends at least one of the inputs the model reads (image and audio files, text);
-every failure is a 4xx JSON error naming the field (``omniformer.serve.uploads``).
+A request sends at least one of the inputs the model reads, each in the field named for its
+modality; every failure is a 4xx JSON error naming the field (``omniformer.serve.uploads``).
+The inputs are the model's modalities, looked up in the registry (``input_kind``):
+
+    image, audio   files, decoded here within the server's limits (an image-only model never
+                   decodes audio, and the reverse)
+    text           a string
+    another registered modality without files (``Modality.files`` False: the manifest holds
+                   the value itself): the value as its preprocessor takes it, a JSON value
+                   in ``.json``, a text field in multipart
+    another registered modality with files: not taken over HTTP (the server never turns what a
+                   request sends into a file path, and has no decoder for it); a request
+                   sending it gets a 422 naming the field, and ``/v1/model`` lists it as
+                   ``"unsupported"`` in ``input_kinds``. Use ``ClassifyPredictor`` from Python.
 """
 from __future__ import annotations
 
@@ -18,16 +30,19 @@ from fastapi import FastAPI, Request
 
 from ...data.audio import AudioError
 from ...data.image import ImageError
+from ...registry import get_modality
 from ...serve.batcher import BatcherStopped, MicroBatcher, Overloaded
 from ...serve.uploads import (ERROR_RESPONSES, ApiError, MediaDecoder, b64, blank_png, check_text, check_top_k,
                               check_upload, read_form, read_json, silent_wav)
 from ..base import ServeLimits
+from .data import field_of
 from .predictor import ClassifyPredictor
 
 log = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 2000
-FIELDS = ("image", "audio", "text", "top_k")
+BUILT_IN = ("image", "audio", "text")  # always known request fields, so sending one the model does not read is explained
+FILES = ("image", "audio")             # the files this server decodes
 ENVELOPE = 64 * 1024  # multipart boundaries and small fields on top of the files
 
 _MULTIPART_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -45,6 +60,15 @@ _JSON_SCHEMA = {"requestBody": {"required": True, "content": {"application/json"
         "top_k": {"type": "integer", "minimum": 1, "default": 5}}}}}}}
 
 
+def input_kind(modality: str) -> str:
+    """How a request sends ``modality``: ``"image"`` or ``"audio"`` (a file decoded here),
+    ``"text"``, ``"value"`` (a registered modality whose manifest holds the value itself) or
+    ``"unsupported"`` (a registered modality read from files: no decoder here)."""
+    if modality in BUILT_IN:
+        return modality
+    return "unsupported" if get_modality(modality).files else "value"
+
+
 class ClassifyService:
     """Validates and decodes requests (decoding in a thread pool), then classifies them in micro-batches."""
 
@@ -52,6 +76,11 @@ class ClassifyService:
         self.predictor, self.limits, self.metrics = predictor, limits, metrics
         self.model_id = predictor.model_id
         model = predictor.cfg.model
+        self.kinds = {m: input_kind(m) for m in predictor.inputs}
+        self.served = [m for m, kind in self.kinds.items() if kind != "unsupported"]
+        # Request fields: the built-ins always (to say "this model reads image, not audio"), then
+        # the model's other modalities by name.
+        self.fields = tuple(dict.fromkeys([*BUILT_IN, *self.kinds]))
         self.max_audio_seconds = float(limits.max_audio_seconds or model.audio.max_seconds)
         self.decoder = MediaDecoder(limits.max_pixels, self.max_audio_seconds, model.audio.sample_rate)
         self.batcher = MicroBatcher(predictor.classify_items, max_batch=limits.max_batch,
@@ -64,6 +93,12 @@ class ClassifyService:
     def inputs(self) -> list[str]:
         return self.predictor.inputs
 
+    @property
+    def example_fields(self) -> dict[str, str]:
+        """The manifest field that feeds each input the page can send (the examples read these)."""
+        task = self.predictor.task_config
+        return {m: field_of(m, task) for m in self.served if m in BUILT_IN}
+
     def _on_batch(self, size: int, seconds: float) -> None:
         if self.metrics is not None:
             self.metrics.batch_size.observe(size)
@@ -72,16 +107,18 @@ class ClassifyService:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the model worker and warm up through the whole path (decode, features, model)."""
+        """Start the model worker and warm up through the whole path (decode, features, model)
+        with the built-in inputs the model reads (none: no warm-up)."""
         self.decode_pool = ThreadPoolExecutor(max_workers=self.limits.decode_threads,
                                               thread_name_prefix="omniformer-decode")
         await self.batcher.start()
         model = self.predictor.cfg.model
-        image = blank_png(model.image.size) if "image" in self.inputs else None
-        audio = silent_wav(1.0, model.audio.sample_rate) if "audio" in self.inputs else None
-        text = "warm up" if "text" in self.inputs else None
-        item = await asyncio.get_running_loop().run_in_executor(self.decode_pool, self._prepare, image, audio, text)
-        await self.batcher.submit(item, 1)
+        warm = {"image": blank_png(model.image.size), "audio": silent_wav(1.0, model.audio.sample_rate),
+                "text": "warm up"}
+        values = {m: v for m, v in warm.items() if m in self.inputs}
+        if values:
+            item = await asyncio.get_running_loop().run_in_executor(self.decode_pool, self._prepare, values)
+            await self.batcher.submit(item, 1)
         self.ready = True
 
     async def stop(self) -> None:
@@ -102,6 +139,7 @@ class ClassifyService:
     def info(self) -> dict[str, Any]:
         model = self.predictor.cfg.model
         return {"task": "classify", "model": self.model_id, "labels": self.predictor.labels, "inputs": self.inputs,
+                "input_kinds": dict(self.kinds),
                 "image_size": model.image.size if "image" in self.inputs else None,
                 "audio_sample_rate": model.audio.sample_rate if "audio" in self.inputs else None,
                 "max_audio_seconds": self.max_audio_seconds, "max_upload_bytes": self.limits.max_upload_bytes,
@@ -109,34 +147,58 @@ class ClassifyService:
 
     # -- one request ---------------------------------------------------------------------------
 
-    def _prepare(self, image: bytes | None, audio: bytes | None, text: str | None) -> dict[str, Any]:
-        """Runs in the decode pool: bytes -> a model item (ApiError on anything undecodable)."""
-        pil = self.decoder.image(image, "image") if image is not None else None
-        wave = self.decoder.audio(audio, "audio") if audio is not None else None
-        try:
-            return self.predictor.prepare(image=pil, audio=wave, text=text)
-        except (ImageError, AudioError, ValueError) as e:
-            raise ApiError(400, "invalid_input", str(e)) from None
+    def _prepare(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Runs in the decode pool: the request's inputs -> one model item (ApiError naming the
+        field on anything undecodable)."""
+        item: dict[str, Any] = {"index": 0}
+        for m, value in values.items():
+            if m == "image":
+                value = self.decoder.image(value, "image")
+            elif m == "audio":
+                value = self.decoder.audio(value, "audio")
+            try:
+                item.update(self.predictor.prepare(**{m: value}))
+            except (ImageError, AudioError, ValueError) as e:
+                raise ApiError(400, "invalid_input", f"{m}: {e}", m) from None
+            except Exception as e:  # another modality's preprocessor, given what a client sent
+                if m in BUILT_IN:
+                    raise
+                raise ApiError(400, "invalid_input", f"{m}: cannot be read as a {m} input "
+                                                     f"({type(e).__name__}: {e})", m) from None
+        return item
 
-    async def classify(self, image: bytes | None, audio: bytes | None, text: Any, top_k: Any = None) -> dict[str, Any]:
-        """The response body for one request's fields (``time_ms`` is added by the app)."""
-        k = check_top_k(top_k, len(self.predictor.labels))
-        text = check_text(text, "text", MAX_TEXT_CHARS)
-        for name, data in (("image", image), ("audio", audio)):
-            if data is not None:
-                check_upload(data, name, self.limits.max_upload_bytes)
-        given = [m for m, v in (("image", image), ("audio", audio), ("text", text)) if v is not None]
+    def _check(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The inputs a request gave, validated: known to the model, within the limits."""
+        given = {m: v for m, v in values.items() if v is not None}
+        for m, value in given.items():
+            if m in FILES:
+                check_upload(value, m, self.limits.max_upload_bytes)
+            elif self.kinds.get(m, m) == "text":
+                given[m] = check_text(value, m, MAX_TEXT_CHARS)
         if not given:
-            raise ApiError(422, "missing_field", f"{self.inputs[0]}: missing; send at least one input this model "
-                                                 f"reads: {', '.join(self.inputs)}", self.inputs[0])
+            field = (self.served or self.inputs)[0]
+            if not self.served:
+                raise ApiError(422, "missing_field", f"{field}: this model reads {', '.join(self.inputs)}, "
+                                                     f"which this server cannot take over HTTP", field)
+            raise ApiError(422, "missing_field", f"{field}: missing; send at least one input this model "
+                                                 f"reads: {', '.join(self.served)}", field)
         for m in given:
             if m not in self.inputs:
                 raise ApiError(422, "invalid_field", f"{m}: this model reads {', '.join(self.inputs)}, not {m}", m)
+            if self.kinds[m] == "unsupported":
+                raise self._unsupported(m)
+        return given
+
+    async def classify(self, values: dict[str, Any], top_k: Any = None) -> dict[str, Any]:
+        """The response body for one request's inputs (modality -> bytes, text or value; None:
+        absent) and ``top_k`` (``time_ms`` is added by the app)."""
+        k = check_top_k(top_k, len(self.predictor.labels))
+        given = self._check(values)
         loop = asyncio.get_running_loop()
         if self.decode_pool is None:
             raise ApiError(503, "not_ready", "the model is not ready (loading, warming up or stopped)")
         with self.batcher.reserve():  # tells the batcher a request is on its way
-            item = await loop.run_in_executor(self.decode_pool, self._prepare, image, audio, text)
+            item = await loop.run_in_executor(self.decode_pool, self._prepare, given)
         try:
             labels = await self.batcher.submit(item, k)
         except Overloaded as e:
@@ -149,18 +211,33 @@ class ClassifyService:
         if self.metrics is not None:
             self.metrics.answers.inc("+".join(given))
         return {"labels": [{"label": label, "probability": round(p, 6)} for label, p in labels],
-                "model": self.model_id, "inputs": given}
+                "model": self.model_id, "inputs": list(given)}
 
     # -- routes --------------------------------------------------------------------------------
 
+    def _unsupported(self, m: str) -> ApiError:
+        return ApiError(422, "unsupported_input",
+                        f"{m}: this server does not take {m} files (a registered modality read from files; only "
+                        f"image and audio files are decoded here); classify it from Python with "
+                        f"ClassifyPredictor.classify({m}=...)", m)
+
     def add_routes(self, app: FastAPI, timed: Callable) -> dict[str, int]:
         """``POST /v1/classify`` and ``POST /v1/classify.json``; returns their body limits."""
+        unsupported = tuple(m for m, kind in self.kinds.items() if kind == "unsupported")
+        files = (*FILES, *unsupported)
+        texts = tuple(m for m in self.fields if m not in files)
+        json_fields = (*self.fields, "top_k")
 
         @app.post("/v1/classify", tags=["classify"], openapi_extra=_MULTIPART_SCHEMA, responses=ERROR_RESPONSES,
                   summary="Classify an image, a recording and/or a text (multipart upload)")
         async def classify_multipart(request: Request):
-            form = await read_form(request, files=("image", "audio"), texts=("text", "top_k"))
-            body = await self.classify(form.get("image"), form.get("audio"), form.get("text"), form.get("top_k"))
+            try:
+                form = await read_form(request, files=files, texts=(*texts, "top_k"))
+            except ApiError as e:
+                if e.field in unsupported:  # sent as text: still a modality this server cannot take
+                    raise self._unsupported(e.field) from None
+                raise
+            body = await self.classify({m: form.get(m) for m in self.fields}, form.get("top_k"))
             return timed(request, body)
 
         @app.post("/v1/classify.json", tags=["classify"], openapi_extra=_JSON_SCHEMA, responses=ERROR_RESPONSES,
@@ -168,14 +245,17 @@ class ClassifyService:
         async def classify_json(request: Request):
             data = await read_json(request)
             for key, value in data.items():
-                if key not in FIELDS:
-                    raise ApiError(422, "invalid_field", f"{key}: unknown field; expected {', '.join(FIELDS)}", key)
-                if key in ("image", "audio") and value is not None and not isinstance(value, str):
+                if key not in json_fields:
+                    raise ApiError(422, "invalid_field", f"{key}: unknown field; expected {', '.join(json_fields)}",
+                                   key)
+                if key in unsupported and value is not None:
+                    raise self._unsupported(key)
+                if key in FILES and value is not None and not isinstance(value, str):
                     raise ApiError(422, "invalid_field", f"{key}: expected the file base64-encoded, "
                                                          f"got {type(value).__name__}", key)
-            body = await self.classify(b64(data.get("image"), "image"), b64(data.get("audio"), "audio"),
-                                       data.get("text"), data.get("top_k"))
+            values = {m: b64(data.get(m), m) if m in FILES else data.get(m) for m in self.fields}
+            body = await self.classify(values, data.get("top_k"))
             return timed(request, body)
 
-        files = 2 * self.limits.max_upload_bytes
-        return {"/v1/classify": files + ENVELOPE, "/v1/classify.json": files * 4 // 3 + 8 + ENVELOPE}
+        size = len(FILES) * self.limits.max_upload_bytes
+        return {"/v1/classify": size + ENVELOPE, "/v1/classify.json": size * 4 // 3 + 8 + ENVELOPE}
