@@ -278,3 +278,19 @@ def test_onnx_graph_of_the_sensor_classifier_matches_pytorch(trained, tmp_path):
         with torch.no_grad():
             expected = model(inputs)["logits"].numpy()
         assert np.abs(run_onnx(session, inputs) - expected).max() <= 1e-4
+
+
+def test_the_server_names_a_file_modality_it_cannot_take_yet(trained):
+    """The classify routes decode images and audio themselves; a registered modality read from
+    files gets a 4xx naming its field, never a 5xx."""
+    from fastapi.testclient import TestClient
+
+    from omniformer.serve.app import create_app
+    best, _ = trained
+    with TestClient(create_app(best)) as client:
+        info = client.get("/v1/model").json()
+        assert info["task"] == "classify" and info["input_kinds"]["sensor"] == "unsupported"
+        series = client.post("/v1/classify", files={"sensor": ("s.npy", b"\x93NUMPY")})
+        assert series.status_code == 422 and series.json()["error"]["field"] == "sensor"
+        empty = client.post("/v1/classify.json", json={})
+        assert 400 <= empty.status_code < 500
