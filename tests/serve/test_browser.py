@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from test_serve import build_random_qa_checkpoint, png_bytes, wav_bytes, write_examples_manifest
 
 CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
 SCREENSHOT_CLASSIFY = ROOT / "docs" / "screenshot-classify.png"
 SHAPES = ("circle", "square", "triangle")

@@ -47,7 +47,7 @@ def build_random_qa_checkpoint(out: Path, config: str | Path = "configs/quicksta
     from omniformer.train.checkpoint import save_checkpoint
     config = Path(config)
     if not config.is_absolute():
-        config = Path(__file__).resolve().parent.parent / config
+        config = Path(__file__).resolve().parents[2] / config
     cfg = load_config(config)
     tokenizer = Tokenizer.train(QUESTIONS * 5 + ["a red circle left of a blue square"], 100)
     cfg.model.vocab_size = tokenizer.vocab_size
