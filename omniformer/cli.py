@@ -79,8 +79,12 @@ def cmd_data_check(args, overrides) -> int:
 
 def cmd_data_audio_folder(args, overrides) -> int:
     from .data.audio import audio_folder_manifest
-    n = audio_folder_manifest(args.folder, args.out, label_from=args.label_from)
-    print(f"wrote {args.out}: {n} recordings")
+    report = audio_folder_manifest(args.folder, args.out, label_from=args.label_from,
+                                   transcripts=args.transcripts, digit_words=args.digit_words)
+    for warning in report.warnings:
+        print(f"omniformer data: warning: {warning}", file=sys.stderr)
+    said = f", {report.transcribed} with a transcript" if args.transcripts or args.digit_words else ""
+    print(f"wrote {args.out}: {report.recordings} recordings{said}")
     return 0
 
 
@@ -242,6 +246,24 @@ def cmd_ask(args, overrides) -> int:
     return 0
 
 
+def cmd_transcribe(args, overrides) -> int:
+    from .tasks.asr import Transcriber
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    transcriber = Transcriber.load(args.model, device=str(_device(args.device)))
+    results = []
+    for path in args.files:
+        t = transcriber.transcribe(path, timings=args.json, decoder=args.decoder)
+        if args.json:
+            results.append({"file": path, **t.to_json()})
+        else:
+            print(f"{path}\t{t.text}" if len(args.files) > 1 else t.text, flush=True)
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+    return 0
+
+
 def cmd_quickstart(args, overrides) -> int:
     from .tasks.quickstart import run_quickstart
     cfg = _load(args, overrides)
@@ -282,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-from", choices=["digit", "folder"], default="digit", dest="label_from",
                    help="digit: FSDD names {digit}_{speaker}_{index}, takes 0-4 are test (default); "
                         "folder: the parent folder's name")
+    p.add_argument("--transcripts", metavar="FILE",
+                   help="each recording's transcript (its 'text', for speech recognition): lines of "
+                        "'id<TAB>text', or a CSV with id and text columns; the id is the file name or its "
+                        "path under the folder, with or without suffix")
+    p.add_argument("--digit-words", action="store_true", dest="digit_words",
+                   help="FSDD: each recording's transcript is its digit's word (7_jackson_0.wav: 'seven')")
     p.set_defaults(func=cmd_data_audio_folder)
     p = data.add_parser("image-folder", help="write a manifest for class folders of images (DIR/<class>/*.png, "
                                              "or DIR/{train,val,test}/<class>/*.png)")
@@ -367,6 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", help="the question as a recording (WAV, FLAC, OGG)")
     p.add_argument("--top-k", type=int, default=5, dest="top_k")
     p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("transcribe", help="transcribe recordings with a speech recognition (asr) checkpoint")
+    p.add_argument("--model", required=True, help="asr checkpoint folder")
+    p.add_argument("files", nargs="+", metavar="FILE", help="recordings (WAV, FLAC, OGG), any length up to 15 min")
+    p.add_argument("--json", action="store_true", help="JSON with each word's start and end in seconds")
+    p.add_argument("--decoder", choices=["greedy", "beam"], help="default: the recipe's")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, mps...")
+    p.add_argument("--threads", type=_positive, help="torch threads (default: torch's own)")
+    p.set_defaults(func=cmd_transcribe)
 
     for extra in _extensions():
         extra(sub)

@@ -10,6 +10,7 @@ import io
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -278,13 +279,84 @@ class AudioPreprocessor:
 _FSDD_NAME = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)$")  # {digit}_{speaker}_{index}
 
 
-def audio_folder_manifest(folder: str | Path, out_path: str | Path, label_from: str = "digit") -> int:
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_ID_COLUMNS = ("id", "file", "filename", "path", "audio", "utt", "utterance")
+_TEXT_COLUMNS = ("text", "transcript", "transcription", "sentence", "normalized_text")
+
+
+def read_transcripts(path: str | Path) -> dict[str, str]:
+    """{recording id: transcript} from a transcript file in one of the common layouts:
+    ``id<TAB>text`` lines (Kaldi-style ``id text`` with a space also works), or a CSV with a
+    header naming an id column (id, file, filename, path, audio) and a text column (text,
+    transcript, sentence). The id may be a file name, with or without its suffix, or a path
+    under the folder. Lines starting with ``#`` and blank lines are skipped. Errors name the
+    file and line: not UTF-8, a line without text, an id given twice."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"--transcripts: {path} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise AudioError(f"{path}: not UTF-8 text (byte {e.start}); save the transcripts as UTF-8") from None
+    rows: list[tuple[int, str, str]] = []
+    first = next((ln for ln in lines if ln.strip() and not ln.startswith("#")), "")
+    header = [c.strip().lower() for c in first.split(",")] if "\t" not in first else []
+    id_col = next((header.index(c) for c in _ID_COLUMNS if c in header), None)
+    text_col = next((header.index(c) for c in _TEXT_COLUMNS if c in header), None)
+    if id_col is not None and text_col is not None:
+        import csv
+        reader = csv.reader(lines)
+        next(reader)
+        for number, row in enumerate(reader, start=2):
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) <= max(id_col, text_col):
+                raise AudioError(f"{path}:{number}: expected {len(header)} columns ({first.strip()}), got {len(row)}")
+            rows.append((number, row[id_col].strip(), row[text_col]))
+    else:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            key, sep, text = line.partition("\t") if "\t" in line else line.strip().partition(" ")
+            rows.append((number, key.strip(), text if sep else ""))
+    out: dict[str, str] = {}
+    for number, key, text in rows:
+        text = " ".join(text.split())
+        if not key:
+            raise AudioError(f"{path}:{number}: no recording id before the transcript")
+        if not text:
+            raise AudioError(f"{path}:{number}: recording {key!r} has an empty transcript; expected "
+                             f"'id<TAB>text' (or a CSV with id and text columns)")
+        if key in out:
+            raise AudioError(f"{path}:{number}: recording {key!r} is given a transcript twice")
+        out[key] = text
+    if not out:
+        raise AudioError(f"{path}: no transcripts; expected lines of 'id<TAB>text' or a CSV with a header "
+                         f"naming an id column ({', '.join(_ID_COLUMNS[:4])}) and a text column "
+                         f"({', '.join(_TEXT_COLUMNS[:3])})")
+    return out
+
+
+def _transcript_key(transcripts: dict[str, str], path: Path, folder: Path) -> str | None:
+    """The key of a recording's transcript: its path under the folder or its name, with or without suffix."""
+    rel = path.relative_to(folder)
+    return next((key for key in (rel.as_posix(), rel.with_suffix("").as_posix(), path.name, path.stem)
+                 if key in transcripts), None)
+
+
+def audio_folder_manifest(folder: str | Path, out_path: str | Path, label_from: str = "digit",
+                          transcripts: str | Path | None = None, digit_words: bool = False) -> "FolderReport":
     """Write a JSON-Lines manifest for every WAV/FLAC/OGG file under ``folder``; returns the count.
 
     ``label_from="digit"`` reads Free Spoken Digit Dataset names ``{digit}_{speaker}_{index}``:
     label is the digit, recordings 0-4 of each speaker and digit are the test split (the
     dataset's official split), the speaker goes to meta. ``label_from="folder"`` labels a file
     with its parent folder's name. Files without a label get no label field and split "train".
+
+    ``transcripts`` (a file, see ``read_transcripts``) gives each recording its ``text``, what
+    speech recognition learns from; ``digit_words`` gives FSDD recordings their digit's word
+    ("7" -> "seven"). Recordings without a transcript and transcripts without a recording are
+    counted in the report's warnings, not errors: a partial transcript file still trains.
     """
     if label_from not in ("digit", "folder"):
         raise ValueError(f"label_from: must be 'digit' or 'folder', got {label_from!r}")
@@ -295,7 +367,8 @@ def audio_folder_manifest(folder: str | Path, out_path: str | Path, label_from: 
                    key=lambda p: p.relative_to(folder).as_posix())
     if not files:  # an empty or mistyped folder would otherwise fail much later, in training
         raise AudioError(f"{folder}: no audio files; expected {', '.join(AUDIO_SUFFIXES)} files in it or its sub-folders")
-    samples = []
+    texts = read_transcripts(transcripts) if transcripts is not None else None
+    samples, used, untranscribed = [], set(), []
     for path in files:
         rel_to_folder = path.relative_to(folder).with_suffix("").as_posix()
         sample: dict = {"id": rel_to_folder,
@@ -308,6 +381,39 @@ def audio_folder_manifest(folder: str | Path, out_path: str | Path, label_from: 
             sample.update(label=path.parent.name, split="train")
         else:
             sample["split"] = "train"
+        if texts is not None:
+            key = _transcript_key(texts, path, folder)
+            if key is None:
+                untranscribed.append(rel_to_folder)
+            else:
+                sample["text"] = texts[key]
+                used.add(key)
+        elif digit_words and match:
+            sample["text"] = DIGIT_WORDS[int(match.group(1))]
         samples.append(sample)
+    warnings = []
+    if digit_words and texts is None and not any("text" in s for s in samples):
+        raise AudioError(f"{folder}: --digit-words reads FSDD names {{digit}}_{{speaker}}_{{index}}, and no file "
+                         f"is named so")
+    if texts is not None:
+        if len(untranscribed) == len(samples):
+            raise AudioError(f"{transcripts}: no transcript matches a recording in {folder} (ids tried: the path "
+                             f"under the folder and the file name, with and without suffix; e.g. "
+                             f"{untranscribed[0]!r})")
+        if untranscribed:
+            warnings.append(f"{len(untranscribed)} of {len(samples)} recordings have no transcript in "
+                            f"{transcripts} (e.g. {', '.join(map(repr, untranscribed[:3]))}); written without text")
+        unused = sorted(set(texts) - used)
+        if unused:
+            warnings.append(f"{len(unused)} transcript(s) in {transcripts} match no recording in {folder} "
+                            f"(e.g. {', '.join(map(repr, unused[:3]))})")
     write_manifest(out_path, samples)  # atomically: a failed run leaves an earlier manifest whole
-    return len(samples)
+    return FolderReport(len(samples), sum("text" in s for s in samples), warnings)
+
+
+@dataclass
+class FolderReport:
+    """What ``audio_folder_manifest`` wrote: recordings, how many have a transcript, and warnings."""
+    recordings: int
+    transcribed: int = 0
+    warnings: list[str] = field(default_factory=list)

@@ -240,7 +240,7 @@ def test_audio_folder_manifest(tmp_path):
         write_audio(folder / name, np.zeros(80, np.float32), 8000)
     (folder / "readme.txt").write_text("not audio")
     out = tmp_path / "manifests" / "digits.jsonl"
-    assert audio_folder_manifest(folder, out) == 4
+    assert audio_folder_manifest(folder, out).recordings == 4
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     by_id = {s["id"]: s for s in lines}
     assert by_id["3_alice_0"] == {"id": "3_alice_0", "audio": "../recordings/3_alice_0.wav", "label": "3",
@@ -278,7 +278,7 @@ def test_fsdd_manifest(tmp_path):
     parsed = [re.fullmatch(r"(\d)_(\w+?)_(\d+)", n).groups() for n in names]
     expected_test = sum(int(index) < 5 for _, _, index in parsed)
     out = tmp_path / "fsdd.jsonl"
-    assert audio_folder_manifest(folder, out) == len(names)
+    assert audio_folder_manifest(folder, out).recordings == len(names)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [s["id"] for s in lines] == names
     splits = Counter(s["split"] for s in lines)
