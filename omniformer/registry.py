@@ -17,6 +17,7 @@ TASKS: dict[str, str] = {
     "pretrain": "omniformer.tasks.pretrain",
     "classify": "omniformer.tasks.classify",
     "qa": "omniformer.tasks.qa",
+    "asr": "omniformer.tasks.asr",
 }
 
 # Every modality, in the order batches, fusion spans and ONNX inputs list them: a name (the

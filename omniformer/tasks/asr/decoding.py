@@ -1,0 +1,166 @@
+"""CTC decoding in plain PyTorch and Python: the per-frame best path (greedy), a prefix beam
+search that can keep to a closed word list, and word timings from the alignment."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from torch import Tensor
+
+
+@dataclass
+class Hypothesis:
+    """Emitted label ids (blanks and repeats collapsed), the frame where each was first
+    emitted, and the path's log-probability."""
+    tokens: list[int]
+    frames: list[int]
+    score: float = 0.0
+
+
+def greedy_decode(log_probs: Tensor, lengths: Tensor | None = None, blank: int = 0) -> list[Hypothesis]:
+    """The best label of each frame, repeats collapsed and blanks dropped; (B, T, V) or (T, V)."""
+    if log_probs.dim() == 2:
+        log_probs = log_probs[None]
+    if log_probs.dim() != 3:
+        raise ValueError(f"log_probs: expected (B, T, V) or (T, V), got shape {tuple(log_probs.shape)}")
+    best, ids = log_probs.max(-1)
+    lengths = [log_probs.size(1)] * log_probs.size(0) if lengths is None else lengths.tolist()
+    out = []
+    for row_ids, row_best, n in zip(ids.tolist(), best.tolist(), lengths):
+        tokens, frames, previous = [], [], blank
+        for t, label in enumerate(row_ids[: int(n)]):
+            if label != blank and label != previous:
+                tokens.append(label)
+                frames.append(t)
+            previous = label
+        out.append(Hypothesis(tokens, frames, float(sum(row_best[: int(n)]))))
+    return out
+
+
+class Lexicon:
+    """A closed word list as a trie over label ids; ``alphabet[i]`` is label i's character."""
+
+    def __init__(self, words: Iterable[str], alphabet: Sequence[str]):
+        index = {c: i for i, c in enumerate(alphabet) if c}
+        self.root: dict = {}
+        count = 0
+        for word in words:
+            node = self.root
+            for ch in word:
+                if ch not in index:
+                    raise ValueError(f"words: {word!r} has the character {ch!r}, which the model cannot write "
+                                     f"(its alphabet: {''.join(alphabet)!r})")
+                node = node.setdefault(index[ch], {})
+            node[None] = True  # a word ends here
+            count += 1
+        if not count:
+            raise ValueError("words: the word list is empty")
+
+    def walk(self, node: dict, label: int) -> dict | None:
+        return node.get(label)
+
+    @staticmethod
+    def ends_word(node: dict) -> bool:
+        return None in node
+
+
+def _logsumexp(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    m = max(a, b)
+    return m + math.log(math.exp(a - m) + math.exp(b - m))
+
+
+def prefix_beam_search(log_probs: Tensor, beam: int = 8, blank: int = 0, lexicon: Lexicon | None = None,
+                       space: int | None = None, prune: float = -12.0) -> list[Hypothesis]:
+    """CTC prefix beam search over one utterance's (T, V) log-probabilities, best first.
+
+    Each prefix keeps the probability of ending in a blank and in its last label, so every path
+    that collapses to it counts (the best path alone can lose to their sum). With ``lexicon``,
+    a letter may only continue a word of the list and ``space`` only follow a whole one; a
+    prefix ending inside a word is dropped at the end.
+    """
+    if log_probs.dim() != 2:
+        raise ValueError(f"log_probs: expected (T, V), got shape {tuple(log_probs.shape)}")
+    if beam < 1:
+        raise ValueError(f"beam: expected at least 1, got {beam}")
+    if lexicon is not None and space is None:
+        raise ValueError("space: the word separator's label is needed with a lexicon")
+    frames = log_probs.float().tolist()
+    neg = -math.inf
+    # prefix -> [p_blank, p_label, frames, trie node]
+    root = lexicon.root if lexicon is not None else None
+    beams: dict[tuple[int, ...], list] = {(): [0.0, neg, (), root]}
+    for t, row in enumerate(frames):
+        best_label = max(range(len(row)), key=row.__getitem__)
+        labels = [v for v, p in enumerate(row) if (p >= prune or v == best_label) and v != blank]
+        nxt: dict[tuple[int, ...], list] = {}
+
+        def entry(prefix, frames_, node):
+            e = nxt.get(prefix)
+            if e is None:
+                e = nxt[prefix] = [neg, neg, frames_, node]
+            return e
+
+        for prefix, (pb, pl, fr, node) in beams.items():
+            total = _logsumexp(pb, pl)
+            e = entry(prefix, fr, node)
+            e[0] = _logsumexp(e[0], total + row[blank])            # a blank: the prefix stays
+            if prefix:
+                e[1] = _logsumexp(e[1], pl + row[prefix[-1]])        # the last label repeated
+            for v in labels:
+                p = row[v]
+                child = node
+                if lexicon is not None:
+                    if v == space:
+                        if not prefix or prefix[-1] == space or not lexicon.ends_word(node):
+                            continue
+                        child = lexicon.root
+                    else:
+                        child = lexicon.walk(node, v)
+                        if child is None:
+                            continue
+                extended = prefix + (v,)
+                e2 = entry(extended, fr + (t,), child)
+                # the same label again needs a blank between; any other follows directly
+                e2[1] = _logsumexp(e2[1], (pb if prefix and v == prefix[-1] else total) + p)
+        beams = dict(sorted(nxt.items(), key=lambda kv: -_logsumexp(kv[1][0], kv[1][1]))[:beam])
+    results = []
+    for prefix, (pb, pl, fr, node) in beams.items():
+        tokens = list(prefix)
+        if lexicon is not None:
+            if tokens and tokens[-1] == space:
+                tokens, fr = tokens[:-1], fr[:-1]
+            elif tokens and not lexicon.ends_word(node):
+                continue
+        results.append(Hypothesis(tokens, list(fr), _logsumexp(pb, pl)))
+    results.sort(key=lambda h: -h.score)
+    return results
+
+
+def to_text(tokens: Sequence[int], alphabet: Sequence[str]) -> str:
+    """Label ids as text; ``alphabet[i]`` is label i's character (the blank's is "")."""
+    return "".join(alphabet[i] for i in tokens if 0 <= i < len(alphabet))
+
+
+def word_timings(hyp: Hypothesis, alphabet: Sequence[str], frame_seconds: float, space: str = " ") -> list[dict]:
+    """Each word of ``hyp`` with its start (its first letter's frame) and end (after its last
+    letter's frame), in seconds."""
+    words, letters, first, last = [], [], 0, 0
+    for label, frame in zip(hyp.tokens, hyp.frames):
+        ch = alphabet[label]
+        if ch == space:
+            if letters:
+                words.append((letters, first, last))
+            letters = []
+            continue
+        if not letters:
+            first = frame
+        letters, last = letters + [ch], frame
+    if letters:
+        words.append((letters, first, last))
+    return [{"word": "".join(w), "start": round(a * frame_seconds, 3), "end": round((b + 1) * frame_seconds, 3)}
+            for w, a, b in words]

@@ -1,0 +1,159 @@
+"""A trained recogniser from Python: load a checkpoint folder, transcribe recordings::
+
+    from omniformer.tasks.asr import Transcriber
+    asr = Transcriber.load("runs/asr-fsdd/asr/best")
+    asr.transcribe("7_jackson_3.wav").text                 # "seven"
+    asr.transcribe(waveform, timings=True).words           # [{"word": "seven", "start": 0.12, "end": 0.46}]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ...config import RunConfig, from_dict, run_config_from
+from ...data.audio import AudioError, load_audio
+from ...data.batching import collate
+from ...modalities.audio import audio_preprocessor
+from ...train import checkpoint as ckpt
+from .config import ASRConfig
+from .data import Alphabet
+from .decoding import Hypothesis, Lexicon, greedy_decode, prefix_beam_search, to_text, word_timings
+from .model import BLANK, ASRModel, frame_seconds
+
+TASK_NAME = "asr"
+MAX_SECONDS = 15 * 60  # longest recording transcribe() takes in one call
+
+
+@dataclass
+class Transcript:
+    """One recording's transcript; ``words`` with their start and end in seconds when asked for."""
+    text: str
+    words: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0           # the recording's length as the model heard it
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"text": self.text, "seconds": round(self.seconds, 3)}
+        if self.words:
+            out["words"] = self.words
+        return out
+
+
+class Transcriber:
+    """An asr checkpoint ready to use: its model, recipe, alphabet, decoder and word list."""
+
+    task = TASK_NAME  # what the server dispatches on
+
+    def __init__(self, model: ASRModel, cfg: RunConfig, alphabet: Alphabet, words: Sequence[str] = (),
+                 model_id: str = "omniformer-asr"):
+        self.model, self.cfg, self.alphabet, self.model_id = model.eval(), cfg, alphabet, model_id
+        self.task_config: ASRConfig = from_dict(ASRConfig, cfg.task or {}, "task")
+        self.words = list(words)
+        self.lexicon = Lexicon(self.words, alphabet.labels) if self.words else None
+        self.audio = audio_preprocessor(cfg.model)
+        self.frame_seconds = frame_seconds(cfg.model)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Transcriber":
+        """The checkpoint folder ``path`` (what ``omniformer train asr`` writes)."""
+        path = ckpt.find_checkpoint(path)
+        meta = ckpt.read_meta(path)
+        if meta.get("task") != TASK_NAME:
+            raise ckpt.CheckpointError(f"checkpoint {path} is a {meta.get('task')!r} model, not an asr model; "
+                                       f"load it with its own task")
+        if not meta.get("alphabet"):
+            raise ckpt.CheckpointError(f"checkpoint {path}: {ckpt.CONFIG} has no alphabet")
+        cfg = run_config_from(meta["config"])
+        alphabet = Alphabet(meta["alphabet"])
+        model = ASRModel(cfg.model, len(alphabet), from_dict(ASRConfig, cfg.task or {}, "task"))
+        ckpt.load_weights(path, model)
+        return cls(model.to(device), cfg, alphabet, meta.get("words") or [],
+                   model_id=meta.get("model_id", path.name))
+
+    def waveform(self, audio: Any) -> np.ndarray:
+        """A path, file bytes or mono waveform (NumPy, at the model's sample rate) as the whole
+        mono waveform at the model's rate; longer than ``MAX_SECONDS`` is an error."""
+        rate = self.cfg.model.audio.sample_rate
+        if isinstance(audio, np.ndarray):
+            if audio.ndim != 1 or audio.size == 0:
+                raise AudioError(f"<array>: expected a non-empty mono waveform (samples,), got shape {audio.shape}")
+            if not np.isfinite(audio).all():
+                raise AudioError("<array>: waveform contains NaN or infinite samples")
+            wave = audio.astype(np.float32)
+        else:
+            wave = load_audio(audio, rate, max_seconds=MAX_SECONDS + 1, truncate=True)
+        if len(wave) > MAX_SECONDS * rate:
+            raise AudioError(f"audio is longer than {MAX_SECONDS / 60:.0f} minutes; cut it into parts first")
+        return wave
+
+    def windows(self, wave: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        """(start in seconds, waveform) pieces of at most ``model.audio.max_seconds`` each, cut
+        at the quietest 10 ms of each piece's last second so that words are rarely split."""
+        rate = self.cfg.model.audio.sample_rate
+        size, hop = int(self.cfg.model.audio.max_seconds * rate), rate // 100
+        pieces, start = [], 0
+        while len(wave) - start > size:
+            tail = wave[start + size - rate: start + size]
+            frames = tail[: len(tail) // hop * hop].reshape(-1, hop)
+            cut = start + size - rate + int(np.argmin((frames ** 2).mean(1))) * hop + hop // 2
+            pieces.append((start / rate, wave[start:cut]))
+            start = cut
+        pieces.append((start / rate, wave[start:]))
+        return pieces
+
+    def prepare(self, audio: Any) -> dict[str, Any]:
+        """One dataset-style item (its first ``model.audio.max_seconds``) from a path, file bytes or
+        a mono waveform (NumPy, at the model's sample rate)."""
+        return {"index": 0, "audio": self.audio(audio)}
+
+    @torch.no_grad()
+    def log_probs(self, items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, labels) frame log-probabilities and (B,) valid frames of prepared items, one model call."""
+        items = [{**it, "index": i} for i, it in enumerate(items)]
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) for k, v in collate(items).items()}
+        out = self.model(batch)
+        return out["log_probs"].cpu(), out["lengths"].cpu()
+
+    def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor, decoder: str | None = None,
+               beam: int | None = None) -> list[Hypothesis]:
+        """The best hypothesis of each row, by the recipe's decoder unless ``decoder`` names one."""
+        decoder = decoder or self.task_config.decoder
+        if decoder not in ("greedy", "beam"):
+            raise ValueError(f"decoder: expected greedy or beam, got {decoder!r}")
+        if decoder == "greedy":
+            return greedy_decode(log_probs, lengths, blank=BLANK)
+        width = beam or self.task_config.beam
+        out = []
+        for row, n in zip(log_probs, lengths.tolist()):
+            found = prefix_beam_search(row[: int(n)], beam=width, blank=BLANK, lexicon=self.lexicon,
+                                       space=self.alphabet.index[" "])
+            out.append(found[0] if found else Hypothesis([], [], float("-inf")))
+        return out
+
+    def transcribe_items(self, items: list[dict[str, Any]], timings: bool = False,
+                         decoder: str | None = None) -> list[Transcript]:
+        """Transcripts of prepared items: the server's micro-batching function."""
+        log_probs, lengths = self.log_probs(items)
+        out = []
+        for item, hyp in zip(items, self.decode(log_probs, lengths, decoder)):
+            words = word_timings(hyp, self.alphabet.labels, self.frame_seconds) if timings else []
+            seconds = item["audio"].shape[-1] * self.cfg.model.audio.hop_ms / 1000
+            out.append(Transcript(to_text(hyp.tokens, self.alphabet.labels).strip(), words, seconds))
+        return out
+
+    def transcribe(self, audio: Any, timings: bool = False, decoder: str | None = None) -> Transcript:
+        """One recording's transcript (``timings``: each word's start and end in seconds). A
+        recording longer than the model's ``audio.max_seconds`` is transcribed piece by piece."""
+        pieces = self.windows(self.waveform(audio))
+        parts = self.transcribe_items([{"index": 0, "audio": self.audio.features(w)} for _, w in pieces],
+                                      timings, decoder)
+        words = [{**w, "start": round(w["start"] + start, 3), "end": round(w["end"] + start, 3)}
+                 for (start, _), part in zip(pieces, parts) for w in part.words]
+        seconds = sum(len(w) for _, w in pieces) / self.cfg.model.audio.sample_rate
+        return Transcript(" ".join(p.text for p in parts if p.text), words, seconds)
+
+    predict = transcribe
