@@ -145,7 +145,7 @@ class ASRTask(Task):
         lines = [f"  {k:<36} {100 * v:6.2f}%" for k, v in m.items() if k != "score"]
         errors = evaluation.details.get("errors") or []
         if errors:
-            lines += ["", f"some transcripts with errors ({len(errors)} shown at most 50; reference -> hypothesis):"]
+            lines += ["", f"transcripts with errors ({len(errors)} kept, at most 50; the first 8, reference -> hypothesis):"]
             lines += [f"  {e['id']}: {e['reference']!r} -> {e['hypothesis']!r}" for e in errors[:8]]
         return "\n".join(lines)
 
