@@ -141,6 +141,18 @@ def prefix_beam_search(log_probs: Tensor, beam: int = 8, blank: int = 0, lexicon
     return results
 
 
+def best_hypothesis(log_probs: Tensor, beam: int = 8, blank: int = 0, lexicon: Lexicon | None = None,
+                    space: int | None = None) -> Hypothesis:
+    """The beam search's best for one utterance's (T, V) frames; where that is empty (no prefix
+    kept to the word list) but the frames' best path says something, that path: a misspelt
+    transcript tells more than none."""
+    found = prefix_beam_search(log_probs, beam=beam, blank=blank, lexicon=lexicon, space=space)
+    greedy = greedy_decode(log_probs, blank=blank)[0]
+    if (not found or not found[0].tokens) and greedy.tokens:
+        return greedy
+    return found[0] if found else greedy
+
+
 def to_text(tokens: Sequence[int], alphabet: Sequence[str]) -> str:
     """Label ids as text; ``alphabet[i]`` is label i's character (the blank's is "")."""
     return "".join(alphabet[i] for i in tokens if 0 <= i < len(alphabet))

@@ -21,7 +21,7 @@ from ...modalities.audio import audio_preprocessor
 from ...train import checkpoint as ckpt
 from .config import ASRConfig
 from .data import Alphabet
-from .decoding import Hypothesis, Lexicon, greedy_decode, prefix_beam_search, to_text, word_timings
+from .decoding import Hypothesis, Lexicon, best_hypothesis, greedy_decode, to_text, word_timings
 from .model import BLANK, ASRModel, frame_seconds
 
 TASK_NAME = "asr"
@@ -129,9 +129,8 @@ class Transcriber:
         width = beam or self.task_config.beam
         out = []
         for row, n in zip(log_probs, lengths.tolist()):
-            found = prefix_beam_search(row[: int(n)], beam=width, blank=BLANK, lexicon=self.lexicon,
-                                       space=self.alphabet.index[" "])
-            out.append(found[0] if found else Hypothesis([], [], float("-inf")))
+            out.append(best_hypothesis(row[: int(n)], beam=width, blank=BLANK, lexicon=self.lexicon,
+                                       space=self.alphabet.index[" "]))
         return out
 
     def transcribe_items(self, items: list[dict[str, Any]], timings: bool = False,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from omniformer.tasks.asr.decoding import (Hypothesis, Lexicon, greedy_decode, prefix_beam_search, to_text,
+from omniformer.tasks.asr.decoding import (Hypothesis, Lexicon, best_hypothesis, greedy_decode, prefix_beam_search, to_text,
                                            word_timings)
 from omniformer.tasks.asr.metrics import asr_metrics, character_error_rate, error_counts, word_error_rate
 
@@ -65,6 +65,16 @@ def test_lexicon_results_only_hold_its_words():
         for hyp in prefix_beam_search(lp, beam=6, lexicon=lex, space=1):
             text = to_text(hyp.tokens, ALPHABET)
             assert set(text.split()) <= lex_words and text == text.strip() and "  " not in text
+
+
+def test_a_word_outside_the_list_gives_the_best_path_not_nothing():
+    lp = frames([0.01, 0.01, 0.01, 0.01, 0.96], [0.01, 0.01, 0.01, 0.01, 0.96])  # "c"; the list has "ab"
+    lex = Lexicon(["ab"], ALPHABET)
+    assert to_text(best_hypothesis(lp, lexicon=lex, space=1).tokens, ALPHABET) == "c"
+    near = frames([0, 0, 0.9, 0.05, 0.05], [0.1, 0, 0, 0.4, 0.5])
+    assert to_text(best_hypothesis(near, lexicon=lex, space=1).tokens, ALPHABET) == "ab"
+    silent = frames([1, 0, 0, 0, 0])
+    assert best_hypothesis(silent, lexicon=lex, space=1).tokens == []
 
 
 def test_word_timings():
