@@ -2,6 +2,7 @@
 search that can keep to a closed word list, and word timings from the alignment."""
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -25,7 +26,13 @@ def greedy_decode(log_probs: Tensor, lengths: Tensor | None = None, blank: int =
     if log_probs.dim() != 3:
         raise ValueError(f"log_probs: expected (B, T, V) or (T, V), got shape {tuple(log_probs.shape)}")
     best, ids = log_probs.max(-1)
-    lengths = [log_probs.size(1)] * log_probs.size(0) if lengths is None else lengths.tolist()
+    batch, steps = log_probs.shape[:2]
+    if lengths is None:
+        lengths = [steps] * batch
+    else:
+        lengths = lengths.reshape(-1).tolist()
+        if len(lengths) != batch or not all(0 <= n <= steps for n in lengths):
+            raise ValueError(f"lengths: expected {batch} frame counts in [0, {steps}], got {lengths}")
     out = []
     for row_ids, row_best, n in zip(ids.tolist(), best.tolist(), lengths):
         tokens, frames, previous = [], [], blank
@@ -39,13 +46,19 @@ def greedy_decode(log_probs: Tensor, lengths: Tensor | None = None, blank: int =
 
 
 class Lexicon:
-    """A closed word list as a trie over label ids; ``alphabet[i]`` is label i's character."""
+    """A closed word list as a trie over label ids; ``alphabet[i]`` is label i's character, the
+    ``blank``'s entry ignored, and the space (which must be there) separates words."""
 
-    def __init__(self, words: Iterable[str], alphabet: Sequence[str]):
-        index = {c: i for i, c in enumerate(alphabet) if c}
+    def __init__(self, words: Iterable[str], alphabet: Sequence[str], blank: int = 0):
+        index = {c: i for i, c in enumerate(alphabet) if c and i != blank}
+        if " " not in index:
+            raise ValueError(f"alphabet: expected the space (the word separator) among its characters, "
+                             f"got {''.join(alphabet)!r}")
         self.root: dict = {}
         count = 0
         for word in words:
+            if not word or " " in word:
+                raise ValueError(f"words: expected single words without spaces, got {word!r}")
             node = self.root
             for ch in word:
                 if ch not in index:
@@ -58,11 +71,26 @@ class Lexicon:
             raise ValueError("words: the word list is empty")
 
     def walk(self, node: dict, label: int) -> dict | None:
+        """The trie node after ``label`` from ``node`` (None: no word continues so)."""
         return node.get(label)
 
     @staticmethod
     def ends_word(node: dict) -> bool:
         return None in node
+
+    def _node(self, ids: Sequence[int]) -> dict | None:
+        node: dict | None = self.root
+        for label in ids:
+            node = node.get(label) if node is not None else None
+        return node
+
+    def is_prefix(self, ids: Sequence[int]) -> bool:
+        """Whether label ids ``ids`` begin some word of the list."""
+        return self._node(ids) is not None
+
+    def is_word(self, ids: Sequence[int]) -> bool:
+        node = self._node(ids)
+        return node is not None and None in node
 
 
 def _logsumexp(a: float, b: float) -> float:
@@ -81,7 +109,9 @@ def prefix_beam_search(log_probs: Tensor, beam: int = 8, blank: int = 0, lexicon
     Each prefix keeps the probability of ending in a blank and in its last label, so every path
     that collapses to it counts (the best path alone can lose to their sum). With ``lexicon``,
     a letter may only continue a word of the list and ``space`` only follow a whole one; a
-    prefix ending inside a word is dropped at the end.
+    prefix ending inside a word is dropped at the end (none left: the empty hypothesis, scored
+    as the all-blank path). ``prune``: labels below this log-probability in a frame are not
+    tried, except the frame's best.
     """
     if log_probs.dim() != 2:
         raise ValueError(f"log_probs: expected (T, V), got shape {tuple(log_probs.shape)}")
@@ -91,28 +121,28 @@ def prefix_beam_search(log_probs: Tensor, beam: int = 8, blank: int = 0, lexicon
         raise ValueError("space: the word separator's label is needed with a lexicon")
     frames = log_probs.float().tolist()
     neg = -math.inf
-    # prefix -> [p_blank, p_label, frames, trie node]
+    # prefix -> [p_blank, p_label, frames, trie node, its largest contribution this frame]; the
+    # frames follow the largest contribution, so they are where the likeliest way in emitted each label
     root = lexicon.root if lexicon is not None else None
-    beams: dict[tuple[int, ...], list] = {(): [0.0, neg, (), root]}
+    beams: dict[tuple[int, ...], list] = {(): [0.0, neg, (), root, 0.0]}
+    candidates = beams
+    silence = 0.0  # the all-blank path: the fallback when no prefix ends at a word boundary
     for t, row in enumerate(frames):
+        silence += row[blank]
         best_label = max(range(len(row)), key=row.__getitem__)
         labels = [v for v, p in enumerate(row) if (p >= prune or v == best_label) and v != blank]
         nxt: dict[tuple[int, ...], list] = {}
-
-        def entry(prefix, frames_, node):
+        for prefix, (pb, pl, fr, node, _) in beams.items():
+            total = _logsumexp(pb, pl)
+            stay_blank = total + row[blank]                          # a blank: the prefix stays
+            stay_label = pl + row[prefix[-1]] if prefix else neg     # the last label repeated
             e = nxt.get(prefix)
             if e is None:
-                e = nxt[prefix] = [neg, neg, frames_, node]
-            return e
-
-        for prefix, (pb, pl, fr, node) in beams.items():
-            total = _logsumexp(pb, pl)
-            e = entry(prefix, fr, node)
-            e[0] = _logsumexp(e[0], total + row[blank])            # a blank: the prefix stays
-            if prefix:
-                e[1] = _logsumexp(e[1], pl + row[prefix[-1]])        # the last label repeated
+                e = nxt[prefix] = [neg, neg, fr, node, neg]
+            e[0], e[1] = _logsumexp(e[0], stay_blank), _logsumexp(e[1], stay_label)
+            if max(stay_blank, stay_label) > e[4]:
+                e[2], e[4] = fr, max(stay_blank, stay_label)
             for v in labels:
-                p = row[v]
                 child = node
                 if lexicon is not None:
                     if v == space:
@@ -123,22 +153,38 @@ def prefix_beam_search(log_probs: Tensor, beam: int = 8, blank: int = 0, lexicon
                         child = lexicon.walk(node, v)
                         if child is None:
                             continue
-                extended = prefix + (v,)
-                e2 = entry(extended, fr + (t,), child)
                 # the same label again needs a blank between; any other follows directly
-                e2[1] = _logsumexp(e2[1], (pb if prefix and v == prefix[-1] else total) + p)
-        beams = dict(sorted(nxt.items(), key=lambda kv: -_logsumexp(kv[1][0], kv[1][1]))[:beam])
-    results = []
-    for prefix, (pb, pl, fr, node) in beams.items():
-        tokens = list(prefix)
+                source = pb if prefix and v == prefix[-1] else total
+                if source == neg:
+                    continue  # no path reaches it: an impossible prefix would only pad the beam
+                extended, gain = prefix + (v,), source + row[v]
+                e = nxt.get(extended)
+                if e is None:
+                    e = nxt[extended] = [neg, neg, fr + (t,), child, neg]
+                e[1] = _logsumexp(e[1], gain)
+                if gain > e[4]:
+                    e[2], e[4] = fr + (t,), gain
+        candidates = {k: e for k, e in nxt.items() if e[0] > neg or e[1] > neg}
+        beams = dict(heapq.nlargest(beam, candidates.items(), key=lambda kv: _logsumexp(kv[1][0], kv[1][1])))
+    # The last frame's candidates, before the beam's cut: with a lexicon, those ending inside a
+    # word are dropped, and a trailing space joins its prefix ("ab " is "ab").
+    merged: dict[tuple[int, ...], Hypothesis] = {}
+    for prefix, (pb, pl, fr, node, _) in candidates.items():
+        tokens, score = prefix, _logsumexp(pb, pl)
         if lexicon is not None:
             if tokens and tokens[-1] == space:
                 tokens, fr = tokens[:-1], fr[:-1]
             elif tokens and not lexicon.ends_word(node):
                 continue
-        results.append(Hypothesis(tokens, list(fr), _logsumexp(pb, pl)))
-    results.sort(key=lambda h: -h.score)
-    return results
+        seen = merged.get(tokens)
+        if seen is None:
+            merged[tokens] = Hypothesis(list(tokens), list(fr), score)
+        else:
+            if score > seen.score:
+                seen.frames = list(fr)
+            seen.score = _logsumexp(seen.score, score)
+    results = heapq.nlargest(beam, merged.values(), key=lambda h: h.score)
+    return results or [Hypothesis([], [], silence)]
 
 
 def best_hypothesis(log_probs: Tensor, beam: int = 8, blank: int = 0, lexicon: Lexicon | None = None,
