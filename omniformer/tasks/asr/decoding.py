@@ -2,6 +2,7 @@
 search that can keep to a closed word list, and word timings from the alignment."""
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 from dataclasses import dataclass
@@ -102,9 +103,10 @@ def _logsumexp(a: float, b: float) -> float:
     return m + math.log(math.exp(a - m) + math.exp(b - m))
 
 
-def prefix_beam_search(log_probs: Tensor, beam: int = 8, blank: int = 0, lexicon: Lexicon | None = None,
-                       space: int | None = None, prune: float = -12.0) -> list[Hypothesis]:
-    """CTC prefix beam search over one utterance's (T, V) log-probabilities, best first.
+class PrefixBeamSearch:
+    """CTC prefix beam search, fed frames as they come (``advance``); ``results()`` at any point
+    is what ``prefix_beam_search`` would give for the frames so far, so a live stream and a
+    whole recording decode alike.
 
     Each prefix keeps the probability of ending in a blank and in its last label, so every path
     that collapses to it counts (the best path alone can lose to their sum). With ``lexicon``,
@@ -113,78 +115,114 @@ def prefix_beam_search(log_probs: Tensor, beam: int = 8, blank: int = 0, lexicon
     as the all-blank path). ``prune``: labels below this log-probability in a frame are not
     tried, except the frame's best.
     """
+
+    def __init__(self, beam: int = 8, blank: int = 0, lexicon: Lexicon | None = None, space: int | None = None,
+                 prune: float = -12.0):
+        if beam < 1:
+            raise ValueError(f"beam: expected at least 1, got {beam}")
+        if lexicon is not None and space is None:
+            raise ValueError("space: the word separator's label is needed with a lexicon")
+        self.beam, self.blank, self.lexicon, self.space, self.prune = beam, blank, lexicon, space, prune
+        # prefix -> [p_blank, p_label, frames, trie node, its largest contribution this frame]; the
+        # frames follow the largest contribution, so they are where the likeliest way in emitted each label
+        root = lexicon.root if lexicon is not None else None
+        self.beams: dict[tuple[int, ...], list] = {(): [0.0, -math.inf, (), root, 0.0]}
+        self.candidates = self.beams
+        self.silence = 0.0  # the all-blank path: the fallback when no prefix ends at a word boundary
+        self.frames = 0     # frames decoded so far; the next one's index
+
+    def advance(self, log_probs: Tensor) -> None:
+        """Decode ``log_probs`` (T, V), the frames that follow those already seen."""
+        if log_probs.dim() != 2:
+            raise ValueError(f"log_probs: expected (T, V), got shape {tuple(log_probs.shape)}")
+        neg, blank, lexicon, space = -math.inf, self.blank, self.lexicon, self.space
+        beams = self.beams
+        for t, row in enumerate(log_probs.float().tolist(), start=self.frames):
+            self.silence += row[blank]
+            best_label = max(range(len(row)), key=row.__getitem__)
+            labels = [v for v, p in enumerate(row) if (p >= self.prune or v == best_label) and v != blank]
+            nxt: dict[tuple[int, ...], list] = {}
+            for prefix, (pb, pl, fr, node, _) in beams.items():
+                total = _logsumexp(pb, pl)
+                stay_blank = total + row[blank]                          # a blank: the prefix stays
+                stay_label = pl + row[prefix[-1]] if prefix else neg     # the last label repeated
+                e = nxt.get(prefix)
+                if e is None:
+                    e = nxt[prefix] = [neg, neg, fr, node, neg]
+                e[0], e[1] = _logsumexp(e[0], stay_blank), _logsumexp(e[1], stay_label)
+                if max(stay_blank, stay_label) > e[4]:
+                    e[2], e[4] = fr, max(stay_blank, stay_label)
+                for v in labels:
+                    child = node
+                    if lexicon is not None:
+                        if v == space:
+                            if not prefix or prefix[-1] == space or not lexicon.ends_word(node):
+                                continue
+                            child = lexicon.root
+                        else:
+                            child = lexicon.walk(node, v)
+                            if child is None:
+                                continue
+                    # the same label again needs a blank between; any other follows directly
+                    source = pb if prefix and v == prefix[-1] else total
+                    if source == neg:
+                        continue  # no path reaches it: an impossible prefix would only pad the beam
+                    extended, gain = prefix + (v,), source + row[v]
+                    e = nxt.get(extended)
+                    if e is None:
+                        e = nxt[extended] = [neg, neg, fr + (t,), child, neg]
+                    e[1] = _logsumexp(e[1], gain)
+                    if gain > e[4]:
+                        e[2], e[4] = fr + (t,), gain
+            self.candidates = {k: e for k, e in nxt.items() if e[0] > neg or e[1] > neg}
+            beams = dict(heapq.nlargest(self.beam, self.candidates.items(),
+                                        key=lambda kv: _logsumexp(kv[1][0], kv[1][1])))
+            self.frames = t + 1
+        self.beams = beams
+
+    def fork(self) -> "PrefixBeamSearch":
+        """A copy to advance on frames that may yet change (``advance`` builds new beams and never
+        alters the old ones, so sharing them is safe)."""
+        return copy.copy(self)
+
+    def leader(self) -> Hypothesis:
+        """The likeliest prefix so far, a word perhaps unfinished: what a live transcript shows."""
+        prefix, (pb, pl, fr, _, _) = max(self.beams.items(), key=lambda kv: _logsumexp(kv[1][0], kv[1][1]))
+        return Hypothesis(list(prefix), list(fr), _logsumexp(pb, pl))
+
+    def results(self) -> list[Hypothesis]:
+        """The hypotheses for the frames so far, best first: the last frame's candidates, before
+        the beam's cut; with a lexicon, those ending inside a word are dropped, and a trailing
+        space joins its prefix ("ab " is "ab")."""
+        lexicon, space = self.lexicon, self.space
+        merged: dict[tuple[int, ...], Hypothesis] = {}
+        for prefix, (pb, pl, fr, node, _) in self.candidates.items():
+            tokens, score = prefix, _logsumexp(pb, pl)
+            if lexicon is not None:
+                if tokens and tokens[-1] == space:
+                    tokens, fr = tokens[:-1], fr[:-1]
+                elif tokens and not lexicon.ends_word(node):
+                    continue
+            seen = merged.get(tokens)
+            if seen is None:
+                merged[tokens] = Hypothesis(list(tokens), list(fr), score)
+            else:
+                if score > seen.score:
+                    seen.frames = list(fr)
+                seen.score = _logsumexp(seen.score, score)
+        results = heapq.nlargest(self.beam, merged.values(), key=lambda h: h.score)
+        return results or [Hypothesis([], [], self.silence)]
+
+
+def prefix_beam_search(log_probs: Tensor, beam: int = 8, blank: int = 0, lexicon: Lexicon | None = None,
+                       space: int | None = None, prune: float = -12.0) -> list[Hypothesis]:
+    """CTC prefix beam search over one utterance's (T, V) log-probabilities, best first
+    (``PrefixBeamSearch`` says how)."""
     if log_probs.dim() != 2:
         raise ValueError(f"log_probs: expected (T, V), got shape {tuple(log_probs.shape)}")
-    if beam < 1:
-        raise ValueError(f"beam: expected at least 1, got {beam}")
-    if lexicon is not None and space is None:
-        raise ValueError("space: the word separator's label is needed with a lexicon")
-    frames = log_probs.float().tolist()
-    neg = -math.inf
-    # prefix -> [p_blank, p_label, frames, trie node, its largest contribution this frame]; the
-    # frames follow the largest contribution, so they are where the likeliest way in emitted each label
-    root = lexicon.root if lexicon is not None else None
-    beams: dict[tuple[int, ...], list] = {(): [0.0, neg, (), root, 0.0]}
-    candidates = beams
-    silence = 0.0  # the all-blank path: the fallback when no prefix ends at a word boundary
-    for t, row in enumerate(frames):
-        silence += row[blank]
-        best_label = max(range(len(row)), key=row.__getitem__)
-        labels = [v for v, p in enumerate(row) if (p >= prune or v == best_label) and v != blank]
-        nxt: dict[tuple[int, ...], list] = {}
-        for prefix, (pb, pl, fr, node, _) in beams.items():
-            total = _logsumexp(pb, pl)
-            stay_blank = total + row[blank]                          # a blank: the prefix stays
-            stay_label = pl + row[prefix[-1]] if prefix else neg     # the last label repeated
-            e = nxt.get(prefix)
-            if e is None:
-                e = nxt[prefix] = [neg, neg, fr, node, neg]
-            e[0], e[1] = _logsumexp(e[0], stay_blank), _logsumexp(e[1], stay_label)
-            if max(stay_blank, stay_label) > e[4]:
-                e[2], e[4] = fr, max(stay_blank, stay_label)
-            for v in labels:
-                child = node
-                if lexicon is not None:
-                    if v == space:
-                        if not prefix or prefix[-1] == space or not lexicon.ends_word(node):
-                            continue
-                        child = lexicon.root
-                    else:
-                        child = lexicon.walk(node, v)
-                        if child is None:
-                            continue
-                # the same label again needs a blank between; any other follows directly
-                source = pb if prefix and v == prefix[-1] else total
-                if source == neg:
-                    continue  # no path reaches it: an impossible prefix would only pad the beam
-                extended, gain = prefix + (v,), source + row[v]
-                e = nxt.get(extended)
-                if e is None:
-                    e = nxt[extended] = [neg, neg, fr + (t,), child, neg]
-                e[1] = _logsumexp(e[1], gain)
-                if gain > e[4]:
-                    e[2], e[4] = fr + (t,), gain
-        candidates = {k: e for k, e in nxt.items() if e[0] > neg or e[1] > neg}
-        beams = dict(heapq.nlargest(beam, candidates.items(), key=lambda kv: _logsumexp(kv[1][0], kv[1][1])))
-    # The last frame's candidates, before the beam's cut: with a lexicon, those ending inside a
-    # word are dropped, and a trailing space joins its prefix ("ab " is "ab").
-    merged: dict[tuple[int, ...], Hypothesis] = {}
-    for prefix, (pb, pl, fr, node, _) in candidates.items():
-        tokens, score = prefix, _logsumexp(pb, pl)
-        if lexicon is not None:
-            if tokens and tokens[-1] == space:
-                tokens, fr = tokens[:-1], fr[:-1]
-            elif tokens and not lexicon.ends_word(node):
-                continue
-        seen = merged.get(tokens)
-        if seen is None:
-            merged[tokens] = Hypothesis(list(tokens), list(fr), score)
-        else:
-            if score > seen.score:
-                seen.frames = list(fr)
-            seen.score = _logsumexp(seen.score, score)
-    results = heapq.nlargest(beam, merged.values(), key=lambda h: h.score)
-    return results or [Hypothesis([], [], silence)]
+    search = PrefixBeamSearch(beam, blank, lexicon, space, prune)
+    search.advance(log_probs)
+    return search.results()
 
 
 def best_hypothesis(log_probs: Tensor, beam: int = 8, blank: int = 0, lexicon: Lexicon | None = None,

@@ -249,3 +249,29 @@ def test_word_timings():
 def test_to_text():
     assert to_text([2, 1, 3, 4], ABC) == "a bc"
     assert to_text([], ABC) == ""
+
+
+@pytest.mark.parametrize("lexicon", [False, True])
+def test_beam_fed_in_pieces_decodes_as_the_whole(lexicon):
+    """A live stream feeds the search a few frames at a time: the results, the leader's frames
+    and the scores are those of one call over all frames, and a fork leaves its source as it was."""
+    from omniformer.tasks.asr.decoding import PrefixBeamSearch
+    rng = random.Random(3)
+    lex = Lexicon(["ab", "ba", "cab", "c"], ABC) if lexicon else None
+    for trial in range(20):
+        lp = (torch.randn(30, len(ABC), generator=torch.Generator().manual_seed(trial)) * 3).log_softmax(-1)
+        whole = prefix_beam_search(lp, beam=5, lexicon=lex, space=1)
+        search, t = PrefixBeamSearch(5, lexicon=lex, space=1), 0
+        while t < 30:
+            n = rng.randint(1, 7)
+            before = [(h.tokens, h.score) for h in search.results()]
+            ahead = search.fork()
+            ahead.advance(lp[t: t + 7])
+            assert [(h.tokens, h.score) for h in search.results()] == before  # the fork changed nothing
+            search.advance(lp[t: t + n])
+            t += n
+        assert search.frames == 30
+        pieces = search.results()
+        assert [h.tokens for h in pieces] == [h.tokens for h in whole]
+        assert [h.frames for h in pieces] == [h.frames for h in whole]
+        assert [h.score for h in pieces] == pytest.approx([h.score for h in whole])
