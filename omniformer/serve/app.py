@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 # The only files the page needs, read once at start-up and served from memory by name.
 STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
-                "style.css": "text/css; charset=utf-8"}
+                "style.css": "text/css; charset=utf-8",
+                "pcm-worklet.js": "text/javascript; charset=utf-8"}  # the asr page's live microphone
 # The page loads nothing from elsewhere; blob:/data: are the previews of the user's own files.
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
@@ -184,7 +185,9 @@ def load_examples(manifest: str | Path, count: int = 8, split: str = "test", tas
     """A few test samples for the page, read once at start-up and kept in memory.
 
     ``task`` "qa": samples with an image and a text question (and its spoken version where the
-    sample has one), different answers first. Any other task: samples with a ``label`` and at
+    sample has one), different answers first. "asr": samples with a recording and its transcript
+    (``audio`` and ``text``, or ``question_audio`` and ``question``), the transcript as ``text``,
+    different transcripts first. Any other task: samples with a ``label`` and at
     least one input the model reads, different labels first; ``fields`` maps each input the
     page can send (image, audio, text) to the manifest field that feeds it (default: the field
     of the same name).
@@ -203,6 +206,24 @@ def load_examples(manifest: str | Path, count: int = 8, split: str = "test", tas
             audio, audio_kind = _read_media(root, s.get("question_audio"), sniff_audio)
             out.append(Example(str(s.get("id", len(out))), s.get("question"), s.get("answer"), image, kind,
                                audio, audio_kind))
+        return out
+    if task == "asr":
+        # A recording and its true transcript, from the first pair of fields a sample has (the
+        # asr task's default ``pairs``), different transcripts first.
+        pairs = (("audio", "text"), ("question_audio", "question"))
+        heard = []
+        for i, s in enumerate(samples):
+            for audio_field, text_field in pairs:
+                text = s.get(text_field)
+                if s.get(audio_field) and isinstance(text, str) and text.strip():
+                    heard.append({"id": str(s.get("id", i)), "audio": s[audio_field], "text": text.strip()})
+                    break
+        for s in _round_robin(heard, "text", 4 * count):  # some files may be unreadable: a few spare
+            audio, audio_kind = _read_media(root, s["audio"], sniff_audio)
+            if audio is not None:
+                out.append(Example(s["id"], None, None, None, None, audio, audio_kind, text=s["text"]))
+                if len(out) == count:
+                    break
         return out
     fields = {"image": "image", "audio": "audio", "text": "text"} if fields is None else fields
     usable = [s for s in samples if s.get("label") is not None and any(s.get(f) for f in fields.values())]
@@ -251,12 +272,13 @@ def create_app(model_dir: str | Path, *, max_batch: int = 32, max_wait_ms: float
                max_upload_bytes: int = 10 * 2 ** 20, max_pixels: int = 16_000_000,
                max_audio_seconds: float | None = None, examples_manifest: str | Path | None = None,
                torch_threads: int | None = None, decode_threads: int = 2, max_queue: int = 1024,
-               predictor: Any = None) -> FastAPI:
+               max_streams: int = 8, max_stream_seconds: float | None = None, predictor: Any = None) -> FastAPI:
     """A FastAPI app serving the checkpoint in ``model_dir``, through the routes of its task.
 
     ``max_upload_bytes`` caps each file (the request body gets a little more for the multipart
     envelope, 4/3 more for base64 JSON); ``max_pixels`` caps image width x height;
     ``max_audio_seconds`` defaults to the model's own ``audio.max_seconds``.
+    ``max_streams`` and ``max_stream_seconds`` bound live streams (the asr task's WebSocket).
     ``examples_manifest`` enables ``/v1/examples``. ``torch_threads`` sets torch's
     (process-wide) intra-op threads; ``omniformer serve`` passes ``default_torch_threads()``.
     ``predictor``: an already loaded one (of the checkpoint's task) instead of ``model_dir``.
@@ -268,7 +290,8 @@ def create_app(model_dir: str | Path, *, max_batch: int = 32, max_wait_ms: float
         predictor = task.load(model_dir)
     limits = ServeLimits(max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_audio_seconds=max_audio_seconds,
                          max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                         decode_threads=decode_threads)
+                         decode_threads=decode_threads, max_streams=max_streams,
+                         max_stream_seconds=max_stream_seconds)
     metrics = ServerMetrics(predictor.model_id)
     service = task.service(predictor, limits, metrics)
     # The examples the page offers: the inputs this service takes, from the fields that feed them.

@@ -5,6 +5,9 @@ import argparse
 from pathlib import Path
 
 
+WS_MAX_BYTES = 512 * 1024
+
+
 def default_examples(model_dir: str | Path) -> Path | None:
     """The manifest the model was trained on, if it is still where its config says."""
     from ..config import run_config_from
@@ -22,16 +25,30 @@ def cmd_serve(args, overrides) -> int:
 
     from .app import create_app, default_torch_threads
     examples = None if args.no_examples else (Path(args.examples) if args.examples else default_examples(args.model))
+    if args.max_streams < 0:
+        raise ValueError(f"--max-streams: expected 0 (no live streams) or more, got {args.max_streams}")
+    if args.max_stream_seconds is not None and not args.max_stream_seconds > 0:
+        raise ValueError(f"--max-stream-seconds: expected a positive number, got {args.max_stream_seconds}")
     if args.examples and not examples.is_file():
         raise FileNotFoundError(f"--examples: {examples} does not exist")
-    app = create_app(args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+    predictor = None
+    if args.transcriber:
+        from ..registry import task_of_checkpoint
+        if task_of_checkpoint(args.model).name != "qa":
+            raise ValueError(f"--transcriber: hears spoken questions for a qa model; {args.model} is not one")
+        from ..tasks.qa import QAPredictor
+        predictor = QAPredictor.load(args.model, transcriber=args.transcriber)
+    app = create_app(args.model, predictor=predictor, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                      max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_pixels=args.max_pixels,
                      max_audio_seconds=args.max_audio_seconds, examples_manifest=examples,
+                     max_streams=args.max_streams, max_stream_seconds=args.max_stream_seconds,
                      torch_threads=args.threads or default_torch_threads())
     print(f"serving {args.model} on http://{args.host}:{args.port}/  (API docs: /docs, metrics: /metrics)"
           + (f"; examples from {examples}" if examples else ""))
     # One process: the micro-batcher lives in it, and more processes would only split batches.
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    # ws_max_size: a WebSocket message larger than the asr stream's own limit is refused unread.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                ws_max_size=WS_MAX_BYTES)
     return 0
 
 
@@ -48,6 +65,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="image width x height limit (default 16,000,000)")
     p.add_argument("--max-audio-seconds", type=float, dest="max_audio_seconds",
                    help="longest spoken question (default: the model's audio.max_seconds)")
+    p.add_argument("--transcriber", help="qa: an asr checkpoint folder; spoken questions are transcribed by it "
+                                         "and answered as text (default: heard by the qa model itself)")
+    p.add_argument("--max-streams", type=int, default=8, dest="max_streams",
+                   help="live transcription streams open at once (asr; default 8)")
+    p.add_argument("--max-stream-seconds", type=float, dest="max_stream_seconds",
+                   help="longest live transcription stream (asr; default 900)")
     p.add_argument("--examples", help="manifest with test samples for the page's examples "
                                       "(default: the model's training data, if present)")
     p.add_argument("--no-examples", action="store_true", dest="no_examples")

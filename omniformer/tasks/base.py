@@ -81,6 +81,8 @@ class ServeLimits:
     max_batch: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 1024
+    max_streams: int = 8                       # live streams open at once (asr)
+    max_stream_seconds: float | None = None    # longest live stream (default: 15 minutes)
     decode_threads: int = 2
 
 

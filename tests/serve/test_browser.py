@@ -3,11 +3,13 @@
 Needs the ``playwright`` Python package and a system Chromium at /usr/bin/chromium (the
 Playwright browser download is never used). Skipped, with the reason, when either is missing.
 
-The page shows the panel of the served task: QA's (a random-weights QA model) and the
+The page shows the panel of the served task: QA's (a random-weights QA model), the
 recognition panel of classify (a small shape classifier trained here in seconds, and an
-untrained one reading a recording and a text but no image); any other task gets a notice.
-Writes docs/screenshot.png and docs/screenshot-classify.png when they are absent (delete one
-to take it again).
+untrained one reading a recording and a text but no image) and the speech recognition panel of
+asr (a tone recogniser trained here in seconds, see tests/tasks/asr/test_asr_task.py; live
+transcription gets a recorded file as the microphone); any other task gets a notice. Writes
+docs/screenshot.png, docs/screenshot-classify.png and docs/screenshot-asr.png when they are
+absent (delete one to take it again).
 """
 from __future__ import annotations
 
@@ -15,11 +17,13 @@ import dataclasses
 import json
 import random
 import socket
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
@@ -27,8 +31,12 @@ from test_serve import build_random_qa_checkpoint, png_bytes, wav_bytes, write_e
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "tasks" / "asr"))
+from test_asr_task import RATE, WORDS as TONE_WORDS, speak, tiny_cfg, write_tones  # noqa: E402
+
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
 SCREENSHOT_CLASSIFY = ROOT / "docs" / "screenshot-classify.png"
+SCREENSHOT_ASR = ROOT / "docs" / "screenshot-asr.png"
 SHAPES = ("circle", "square", "triangle")
 WORDS = ("down", "go", "no", "stop", "up", "yes")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -89,18 +97,25 @@ def served(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+def playwright():
+    with sync_api.sync_playwright() as p:  # one per thread: every browser below comes from it
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    b = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    yield b
+    b.close()
 
 
 @contextmanager
-def open_page(browser, server, expected_bars: int):
-    """A fresh browser context on ``server``'s page; afterwards, checks that it loaded nothing
-    from elsewhere."""
+def open_page(browser, server, expected_bars: int, init_script: str | None = None):
+    """A fresh browser context on ``server``'s page (``init_script`` runs before the page's
+    own); afterwards, checks that it loaded nothing from elsewhere."""
     context = browser.new_context(viewport={"width": 1200, "height": 900})
+    if init_script:
+        context.add_init_script(init_script)
     page = context.new_page()
     requested: list[str] = []
     page.on("request", lambda r: requested.append(r.url))
@@ -458,3 +473,286 @@ def test_a_task_without_a_panel_gets_a_notice(browser, shapes_server):
         expect(page.locator("#notice")).to_contain_text("the model is not ready")
     finally:
         context.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The speech recognition panel (task "asr")
+# ---------------------------------------------------------------------------------------------
+
+LIVE_TEXT = "cab dad abc"
+# Keeps the page's microphones and AudioContexts, to check that the page lets go of them.
+TRACK_AUDIO = """
+window.__streams = []; window.__contexts = [];
+const getUserMedia = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+navigator.mediaDevices.getUserMedia = async (c) => { const s = await getUserMedia(c); __streams.push(s); return s; };
+window.AudioContext = class extends AudioContext { constructor(...a) { super(...a); __contexts.push(this); } };
+"""
+AUDIO_RELEASED = ("() => [__streams.length, __contexts.length, __streams.every(s => s.getTracks().every("
+                  "t => t.readyState === 'ended')), __contexts.every(c => c.state === 'closed')]")
+
+
+def write_tones_with_pauses(root: Path, extra: int = 80, seed: int = 1) -> Path:
+    """test_asr_task's tone recordings, and ``extra`` more in the train split with up to a
+    second of quiet (digital silence or faint noise) around their words, at most 1.95 s in all.
+    A live stream starts and ends in quiet, which the recogniser must learn to hear as nothing:
+    trained on the tones alone it hears words in a second of it."""
+    from omniformer.data.audio import write_audio
+    manifest = write_tones(root)
+    rng, lines = random.Random(seed), []
+    for i in range(extra):
+        text = " ".join(rng.choice(TONE_WORDS) for _ in range(1 if rng.random() < 0.6 else 2))
+        wave = speak(text, rng)
+        room = max(0.0, 1.95 - len(wave) / RATE)
+        before = rng.uniform(0, room)
+        after = rng.uniform(0, room - before)
+        level, noise = rng.choice([0.0, 0.003, 0.01]), np.random.default_rng(rng.randint(0, 10**6))
+        pad = lambda s: (level * noise.standard_normal(int(RATE * s))).astype(np.float32)  # noqa: E731
+        name = f"wav/pause-{i}.wav"
+        write_audio(root / name, np.concatenate([pad(before), wave, pad(after)]), RATE)
+        lines.append({"id": f"pause-{i}", "audio": name, "text": text, "split": "train"})
+    with manifest.open("a") as f:
+        f.write("".join(json.dumps(line) + "\n" for line in lines))
+    return manifest
+
+
+def wav_file(path: Path, wave: np.ndarray, rate: int = RATE) -> Path:
+    import soundfile as sf
+    sf.write(path, wave, rate, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def asr_model(tmp_path_factory) -> tuple[Path, Path]:
+    """(best checkpoint, manifest) of a tone recogniser trained here (~15 s); its test split
+    (tone "speech" it has never heard) are the page's examples."""
+    from omniformer.tasks.asr import TASK
+    root = tmp_path_factory.mktemp("asr")
+    manifest = write_tones_with_pauses(root)
+    return TASK.train(tiny_cfg(root / "run", manifest, task={"words": "train"}), progress=False), manifest
+
+
+@pytest.fixture(scope="module")
+def asr_server(asr_model):
+    from omniformer.serve.app import create_app
+    best, manifest = asr_model
+    with ServerThread(create_app(best, examples_manifest=manifest)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def busy_asr_server(asr_model):
+    """The same model on a server that takes no live streams."""
+    from omniformer.serve.app import create_app
+    with ServerThread(create_app(asr_model[0], max_streams=0)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def short_asr_server(asr_model):
+    """The same model on a server whose live streams may last 2 s."""
+    from omniformer.serve.app import create_app
+    with ServerThread(create_app(asr_model[0], max_stream_seconds=2.0)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def live_recording(tmp_path_factory) -> tuple[Path, float]:
+    """(the file the fake microphone plays, its seconds): a second of silence, "cab dad abc", a
+    second of silence; 48 kHz 16-bit WAV, as a microphone records (Chromium takes 8 kHz too).
+    Digital silence, as after the file: the tiny recogniser hears words in seconds of faint
+    noise (what follows a file of noisy quiet), even trained with pauses."""
+    import soxr
+    silence = np.zeros(RATE, np.float32)
+    wave = np.concatenate([silence, speak(LIVE_TEXT, random.Random(11)), silence])
+    path = wav_file(tmp_path_factory.mktemp("microphone") / "speech.wav", soxr.resample(wave, RATE, 48000), 48000)
+    return path, len(wave) / RATE
+
+
+@pytest.fixture(scope="module")
+def live_browser(playwright, live_recording):
+    """A Chromium whose microphone plays ``live_recording`` once (then silence)."""
+    args = [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={live_recording[0]}%noloop"]
+    b = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def asr_page(browser, asr_server):
+    with open_page(browser, asr_server, 0) as page:
+        yield page
+
+
+def _transcript_shown(page, how: str) -> str:
+    """Waits for a finished transcript whose meta line says ``how``; no error shown."""
+    expect = sync_api.expect
+    expect(page.locator("#answer-meta")).to_contain_text(f"{how} · ", timeout=15_000)
+    expect(page.locator("#answer-meta")).to_contain_text(" s of audio")
+    assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
+    return page.locator("#transcript").inner_text().strip()
+
+
+def _word_times(page) -> list[tuple[str, float, float]]:
+    """The listed words with their start and end ("cab 0.08–0.44 s"), checked in order."""
+    words = []
+    for item in page.locator("#words li").all():
+        word = item.locator(".word").inner_text()
+        start, end = item.locator(".time").inner_text().removesuffix(" s").split("–")
+        words.append((word, float(start), float(end)))
+    assert all(0 <= s <= e for _, s, e in words), words
+    assert [s for _, s, _ in words] == sorted(s for _, s, _ in words), words
+    return words
+
+
+def test_asr_panel_transcribes_an_uploaded_recording(asr_page, tmp_path):
+    page, expect = asr_page, sync_api.expect
+    expect(page.get_by_role("heading", name="Transcribe speech")).to_be_visible()
+    expect(page.get_by_role("heading", name="Recording", exact=True)).to_be_visible()
+    expect(page.get_by_role("heading", name="Transcript", exact=True)).to_be_visible()
+    expect(page.locator("#model-name")).to_contain_text("beam decoder · 7 words")
+    # Only what a recogniser needs: no image card, question box, text box or label bars.
+    assert page.locator("#image-input, #drop, #question, #text, #bars").count() == 0
+    expect(page.get_by_role("button", name="Transcribe live")).to_be_enabled()  # 127.0.0.1 is a secure context
+    expect(page.locator("#result")).to_have_attribute("aria-live", "polite")
+    audio = wav_file(tmp_path / "speech.wav", speak("cab dad", random.Random(7)))
+    page.set_input_files("#audio-input", str(audio))  # transcribed at once
+    expect(page.locator("#audio-row")).to_be_visible()
+    assert _transcript_shown(page, "from the recording") == "cab dad"
+    words = _word_times(page)
+    assert [w for w, _, _ in words] == ["cab", "dad"] and words[1][1] >= words[0][2], words
+
+
+def test_asr_example_in_one_click_and_screenshot(asr_page):
+    page, expect = asr_page, sync_api.expect
+    examples = page.locator("#examples li")
+    expect(examples).to_have_count(8)  # at most 8, different transcripts first
+    expect(page.locator("#examples-hint")).to_contain_text("true transcript")
+    first = examples.nth(0)
+    expect(first.locator(".thumb")).to_have_text("♪")
+    true = first.locator(".q").inner_text().strip().strip("“”")  # as the manifest has it: "CAB CD."
+    first.get_by_role("button").click()
+    heard = _transcript_shown(page, "from the recording")
+    # Held-out tone speech is transcribed exactly (test_asr_task: CER < 5%), so: a tick.
+    expect(page.locator("#answer-meta")).to_contain_text(f'true transcript "{true}" ✓')
+    assert heard == true.lower().rstrip(".")
+    assert [w for w, _, _ in _word_times(page)] == heard.split()
+    expect(page.locator("#audio-status")).to_contain_text("Example recording")
+    if not SCREENSHOT_ASR.exists():
+        SCREENSHOT_ASR.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT_ASR), full_page=True)
+        assert SCREENSHOT_ASR.stat().st_size > 10_000
+
+
+def test_asr_bad_file_shows_the_servers_message(asr_page, tmp_path):
+    page, expect = asr_page, sync_api.expect
+    fake = tmp_path / "speech.wav"
+    fake.write_bytes(b"%PDF-1.4 not audio")
+    page.set_input_files("#audio-input", str(fake))
+    expect(page.locator("#error")).to_contain_text("the file is a PDF document, not audio")
+    expect(page.locator("#error")).to_have_attribute("role", "alert")
+
+
+def test_asr_records_with_the_microphone(asr_page):
+    """Recording (fake microphone: a beep) -> WAV in JS at the model's 8 kHz -> transcribed at once."""
+    page, expect = asr_page, sync_api.expect
+    record = page.locator("#record")
+    record.click()
+    expect(record).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#live")).to_be_disabled()  # one user of the microphone at a time
+    page.wait_for_timeout(1000)
+    record.click()
+    expect(page.locator("#audio-status")).to_have_text("Recording ready.", timeout=10_000)
+    _transcript_shown(page, "from the recording")
+    expect(page.locator("#live")).to_be_enabled()
+
+
+def test_asr_live_transcription_from_the_microphone(live_browser, asr_server, live_recording):
+    """The fake microphone plays "cab dad abc" between two seconds of quiet: partial transcripts
+    while it plays (the newest words dimmed), then Stop, and the final one with word times."""
+    expect = sync_api.expect
+    _, seconds = live_recording
+    with open_page(live_browser, asr_server, 0, init_script=TRACK_AUDIO) as page:
+        live = page.locator("#live")  # its name goes from "Transcribe live" to "Stop" and back
+        page.get_by_role("button", name="Transcribe live").click()
+        expect(live).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("#live-label")).to_have_text("Stop")
+        expect(page.locator("#result")).to_have_attribute("aria-live", "off")  # announced at the end
+        # Polled from Python while the file plays (the page's CSP forbids string evaluation).
+        partials, tentative = [], False
+        deadline = time.monotonic() + seconds + 1.0
+        while time.monotonic() < deadline:
+            meta = page.locator("#answer-meta").inner_text()
+            text = page.locator("#transcript").inner_text().strip()
+            if meta.startswith("live ·") and text != "Listening…" and (not partials or partials[-1] != text):
+                partials.append(text)
+            tentative = tentative or bool(page.locator("#transcript .tentative").inner_text().strip()
+                                          if page.locator("#transcript .tentative").count() else "")
+            page.wait_for_timeout(100)
+        assert partials and tentative, partials
+        page.get_by_role("button", name="Stop").click()
+        final = _transcript_shown(page, "live")
+        assert final == LIVE_TEXT, (final, partials)
+        assert page.locator("#transcript .tentative").count() == 0
+        words = _word_times(page)
+        assert [w for w, _, _ in words] == LIVE_TEXT.split()
+        assert 0.8 < words[0][1] < 1.6 and words[-1][2] < seconds, words  # after the second of quiet
+        expect(live).to_have_attribute("aria-pressed", "false")
+        expect(page.locator("#live-label")).to_have_text("Transcribe live")
+        expect(page.locator("#live-status")).to_have_text("Live transcription finished.")
+        expect(page.locator("#result")).to_have_attribute("aria-live", "polite")
+        assert page.evaluate(AUDIO_RELEASED) == [1, 1, True, True]
+
+
+def test_asr_live_refused_and_lost_connections_are_shown(browser, busy_asr_server, asr_server):
+    """A server with no stream free says so (and closes); a connection lost before the final
+    transcript is an error too. Either way the page lets go of the microphone."""
+    expect = sync_api.expect
+    with open_page(browser, busy_asr_server, 0, init_script=TRACK_AUDIO) as page:
+        page.get_by_role("button", name="Transcribe live").click()
+        expect(page.locator("#error")).to_contain_text("live transcription is off on this server")
+        expect(page.locator("#live-label")).to_have_text("Transcribe live")
+        assert page.evaluate(AUDIO_RELEASED) == [1, 1, True, True]
+
+    def drop_after_a_while(ws):  # the server's "ready", a partial, then gone without a final
+        ws.send(json.dumps({"type": "ready", "model": "m", "sample_rate": 48000, "model_sample_rate": 8000,
+                            "decoder": "beam", "max_seconds": 900}))
+        received = []
+
+        def on_message(message):
+            received.append(message)
+            if len(received) == 3:
+                ws.send(json.dumps({"type": "partial", "text": "cab d", "stable": "cab", "seconds": 0.3}))
+            if len(received) == 5:
+                ws.close(code=1011, reason="gone")
+        ws.on_message(on_message)
+
+    with open_page(browser, asr_server, 0, init_script=TRACK_AUDIO) as page:
+        page.route_web_socket("**/v1/transcribe/stream*", drop_after_a_while)
+        page.get_by_role("button", name="Transcribe live").click()
+        expect(page.locator("#error")).to_contain_text("closed before the final transcript (code 1011)")
+        expect(page.locator("#transcript")).to_have_text("cab d")  # the partial stays, as it was heard
+        expect(page.locator("#live-label")).to_have_text("Transcribe live")
+        assert page.evaluate(AUDIO_RELEASED) == [1, 1, True, True]
+
+
+def test_asr_live_stops_before_the_servers_limit(browser, short_asr_server):
+    """The page stops by itself just before the stream's max_seconds: a transcript, no error."""
+    expect = sync_api.expect
+    with open_page(browser, short_asr_server, 0, init_script=TRACK_AUDIO) as page:
+        page.get_by_role("button", name="Transcribe live").click()
+        expect(page.locator("#live-status")).to_contain_text("up to 1.5 s")
+        _transcript_shown(page, "live")  # no click on Stop
+        seconds = float(page.locator("#answer-meta").inner_text().split(" · ")[1].removesuffix(" s of audio"))
+        assert 1.4 <= seconds <= 2.0, seconds
+        expect(page.locator("#live-status")).to_have_text("Live transcription finished (stopped at the 1.5 s limit).")
+        assert page.evaluate(AUDIO_RELEASED) == [1, 1, True, True]
+
+
+def test_asr_live_needs_audio_worklet(browser, asr_server):
+    """Where the browser has no AudioWorklet (or the page is not a secure context), the live
+    button is off and the page says why; uploads still work."""
+    expect = sync_api.expect
+    with open_page(browser, asr_server, 0, init_script="delete window.AudioWorkletNode;") as page:
+        expect(page.get_by_role("button", name="Transcribe live")).to_be_disabled()
+        expect(page.locator("#live-status")).to_contain_text("lacks AudioWorklet")
+        expect(page.get_by_role("button", name="Record")).to_be_enabled()

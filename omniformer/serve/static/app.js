@@ -2,14 +2,18 @@
 //
 // GET /v1/model says which task is served; its panel (a <template> in index.html) is put in
 // <main>: "qa" asks about an image in text or by voice, "classify" shows the top labels of an
-// image, a recording and/or a text (the inputs the model reads). Any other task gets a notice
-// pointing to /docs. Both panels use the same element ids, so the helpers below serve both.
+// image, a recording and/or a text (the inputs the model reads), "asr" transcribes a recording
+// (recorded, uploaded or an example) or the microphone live: an AudioWorklet (pcm-worklet.js)
+// hands it samples, sent as 16-bit PCM over the WebSocket /v1/transcribe/stream. Any other task
+// gets a notice pointing to /docs. The panels use the same element ids, so the helpers below
+// serve them all.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const state = {
   task: null, info: null, image: null, audio: null, maxAudioSeconds: 8, sampleRate: 16000, recorder: null,
   topK: 5, acceptsAudio: true, recordedLabel: "Recorded question ready.",
+  live: null,      // asr: the live transcription under way (its microphone, AudioContext and socket)
   onInput: null,   // called when an image or a recording is set (classify: classify it)
   quiet: false,    // while an example fills in the inputs, onInput waits
   request: 0,      // the latest request's number: an older answer arriving late is not shown
@@ -188,6 +192,7 @@ function stopRecording() {
 
 function setRecordingUi(on) {
   $("record").setAttribute("aria-pressed", String(on));
+  if ($("live")) $("live").disabled = on || Boolean(liveUnsupported());  // asr: one microphone user at a time
   $("record-label").textContent = on ? "Stop" : "Record";
   $("audio-status").textContent = on ? `Recording… (up to ${Math.floor(state.maxAudioSeconds)} s)` : $("audio-status").textContent;
 }
@@ -481,10 +486,306 @@ function setupClassify(info) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Speech recognition: a recording transcribed at once, or the microphone live
+// ---------------------------------------------------------------------------------------------
+
+// A transcript as the asr task scores it (lower case, no punctuation, one space between
+// words), to compare the result with an example's true transcript.
+function normalised(text) {
+  return text.toLowerCase().replace(/[.?!,;:"]/g, " ").split(/\s+/).filter(Boolean).join(" ");
+}
+
+function placeholder(text) {
+  const span = document.createElement("span");
+  span.className = "placeholder"; span.textContent = text;
+  return span;
+}
+
+// Each word and its time in the recording: "cab 0.08–0.44 s".
+function showWords(words) {
+  const list = $("words");
+  list.replaceChildren();
+  for (const w of words || []) {
+    const li = document.createElement("li");
+    const word = document.createElement("span");
+    word.className = "word"; word.textContent = w.word;
+    const time = document.createElement("span");
+    time.className = "time"; time.textContent = `${w.start.toFixed(2)}–${w.end.toFixed(2)} s`;
+    li.append(word, " ", time);
+    list.append(li);
+  }
+  list.hidden = !list.children.length;
+}
+
+// A finished transcript (an upload's or the end of a live one); `how` starts the meta line.
+function showTranscript(data, how, expected) {
+  $("transcript").replaceChildren(data.text ? data.text : placeholder("No words heard."));
+  let meta = `${how} · ${data.seconds.toFixed(1)} s of audio`;
+  if (data.time_ms != null) meta += ` · ${Math.round(data.time_ms)} ms`;
+  if (expected != null) {
+    meta += normalised(data.text) === normalised(expected) ? ` · true transcript "${expected}" ✓`
+                                                           : ` · true transcript "${expected}"`;
+  }
+  $("answer-meta").textContent = meta;
+  showWords(data.words);
+}
+
+async function transcribe(expected) {
+  hideError();
+  if (state.live) { showError("Stop the live transcription first."); return; }
+  if (!state.audio) { showError("Record or upload a recording first."); return; }
+  const form = new FormData();
+  form.append("audio", state.audio, state.audio.name || "recording.wav");
+  form.append("timings", "true");
+  const data = await post("/v1/transcribe", form, null);
+  if (data) showTranscript(data, "from the recording", expected);
+}
+
+async function tryAsrExample(ex) {
+  state.quiet = true;  // transcribed below, with its true transcript
+  try {
+    setAudio(await fetchBlob(`/v1/examples/${ex.index}/audio`, `example-${ex.index}.wav`),
+             `Example recording (${ex.id})`);
+  } catch (e) {
+    showError(`Could not load the example: ${e.message}`);
+    return;
+  } finally {
+    state.quiet = false;
+  }
+  await transcribe(ex.text);
+}
+
+function asrExample(ex) {
+  if (!ex.has_audio) return null;
+  const li = exampleItem(ex, ex.text ? `“${ex.text}”` : ex.id,
+                         `Transcribe the example ${ex.id}${ex.text ? ` (true transcript: ${ex.text})` : ""}`,
+                         () => tryAsrExample(ex));
+  li.querySelector(".q").dataset.kind = "label";
+  return li;
+}
+
+// Live: microphone -> AudioWorklet (pcm-worklet.js: float samples, 100 ms at a time) -> 16-bit
+// little-endian PCM -> binary WebSocket messages. The server answers "ready", then "partial"
+// transcripts as they change; {"type": "end"} from here asks for the "final" one, after which
+// it closes. A failure is an "error" message and a close. state.live is the stream under way.
+
+function liveUnsupported() {
+  if (!state.info.stream) return "This server does not offer live transcription.";
+  if (!window.isSecureContext) {
+    return "Live transcription needs a secure page: open it over https, or on localhost.";
+  }
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia || !window.AudioWorkletNode) {
+    return "This browser cannot stream from the microphone (it lacks AudioWorklet). Record or upload instead.";
+  }
+  return null;
+}
+
+function toPcm16(samples) {
+  const view = new DataView(new ArrayBuffer(samples.length * 2));
+  for (let i = 0; i < samples.length; i++) {
+    const s = Math.max(-1, Math.min(1, samples[i]));
+    view.setInt16(i * 2, s < 0 ? s * 0x8000 : s * 0x7fff, true);
+  }
+  return view.buffer;
+}
+
+// The transcript so far: its stable start as it is, the newest words after it dimmed.
+function showPartial(msg) {
+  const { text, stable } = msg;
+  let sure = 0;
+  if (text.startsWith(stable)) sure = stable.length;
+  else while (sure < text.length && text[sure] === stable[sure]) sure++;
+  const rest = document.createElement("span");
+  rest.className = "tentative"; rest.textContent = text.slice(sure);
+  if (text) $("transcript").replaceChildren(text.slice(0, sure), rest);
+  else $("transcript").replaceChildren(placeholder("Listening…"));
+  $("answer-meta").textContent = `live · ${msg.seconds.toFixed(1)} s`;
+}
+
+function setLiveUi(mode) {  // "off", "on" (starting or listening) or "ending"
+  const button = $("live");
+  button.setAttribute("aria-pressed", String(mode !== "off"));
+  button.disabled = mode === "ending";
+  $("live-label").textContent = { off: "Transcribe live", on: "Stop", ending: "Finishing…" }[mode];
+  $("record").disabled = mode !== "off";
+  // While the words change several times a second, the result is announced once, at the end.
+  $("result").setAttribute("aria-live", mode === "off" ? "polite" : "off");
+}
+
+async function startLive() {
+  const why = liveUnsupported();
+  if (why) { showError(why); return; }
+  hideError();
+  const live = { limit: Math.max(0.5, state.info.stream.max_seconds - 0.5), sent: 0 };
+  state.live = live;
+  state.request++;  // an upload's answer arriving now is not shown over the live transcript
+  $("result").setAttribute("aria-busy", "false");
+  setLiveUi("on");
+  $("live-status").textContent = "Starting the microphone…";
+  try {
+    // The microphone as it is: the browser's noise suppression and gain control, made for calls,
+    // turn a quiet start into sudden noise that a recogniser hears as words.
+    live.stream = await navigator.mediaDevices.getUserMedia(
+      { audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
+  } catch (e) {
+    failLive(`Microphone not available: ${e.message}`, live);
+    return;
+  }
+  if (state.live !== live) { releaseAudio(live); return; }  // stopped meanwhile
+  try {
+    live.context = new AudioContext();
+    await live.context.audioWorklet.addModule("/static/pcm-worklet.js");
+    live.rate = Math.round(live.context.sampleRate);
+    live.source = live.context.createMediaStreamSource(live.stream);
+    live.node = new AudioWorkletNode(live.context, "pcm-capture",
+                                     { processorOptions: { frames: Math.round(live.rate / 10) } });
+  } catch (e) {
+    failLive(`Live transcription could not start: ${e.message}`, live);
+    return;
+  }
+  if (state.live !== live) { releaseAudio(live); return; }
+  live.node.port.onmessage = (e) => liveSamples(live, e.data);
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  live.socket = new WebSocket(`${scheme}://${location.host}${state.info.stream.route}?sample_rate=${live.rate}`);
+  live.socket.onmessage = (e) => liveMessage(live, e.data);
+  live.socket.onclose = (e) => liveClosed(live, e);
+}
+
+function liveMessage(live, raw) {
+  let msg;
+  try { msg = JSON.parse(raw); } catch (e) { return; }
+  if (msg.type === "ready") {
+    live.ready = true;
+    if (live.ending) return;  // stopped while the connection opened
+    // Listen only now, so the first words are not lost while the connection opens.
+    if (msg.max_seconds) live.limit = Math.max(0.5, Math.min(live.limit, msg.max_seconds - 0.5));
+    live.source.connect(live.node);
+    live.node.connect(live.context.destination);  // silent; keeps the node rendering
+    live.context.resume();
+    $("transcript").replaceChildren(placeholder("Listening…"));
+    $("answer-meta").textContent = "live";
+    showWords([]);
+    const upTo = Math.floor(live.limit * 10) / 10;
+    $("live-status").textContent = `Listening: speak now (up to ${upTo} s), then press Stop.`;
+  } else if (msg.type === "partial" && !live.final) {
+    showPartial(msg);
+  } else if (msg.type === "final") {
+    live.final = msg;
+    clearTimeout(live.finalTimer);
+    setLiveUi("off");
+    showTranscript(msg, "live", null);
+    $("live-status").textContent = liveFinished(live);
+  } else if (msg.type === "error") {
+    live.failed = true;
+    releaseAudio(live);
+    showError(msg.error ? msg.error.message : "The live transcription failed.");
+  }
+}
+
+function liveSamples(live, data) {
+  if (data === "flushed") { sendEnd(live); return; }
+  if (live.endSent || !live.socket || live.socket.readyState !== WebSocket.OPEN) return;
+  live.socket.send(toPcm16(data));
+  live.sent += data.length;
+  // Stop before the server's limit, so a long stream ends in a transcript, not an error.
+  if (live.sent / live.rate >= live.limit) stopLive(`the ${Math.floor(live.limit * 10) / 10} s limit`);
+}
+
+// Stop (the user, or `why` it stopped by itself): the microphone goes off at once; the samples
+// still in the worklet are sent, then "end".
+function stopLive(why) {
+  const live = state.live;
+  if (!live || live.ending) return;
+  live.ending = true;
+  live.why = why;
+  if (!live.socket || live.socket.readyState !== WebSocket.OPEN || !live.node) {
+    live.cancelled = true;  // nothing sent yet: no transcript to wait for
+    releaseAudio(live);
+    if (live.socket) live.socket.close();
+    endLive(live, "Live transcription stopped.");
+    return;
+  }
+  setLiveUi("ending");
+  $("live-status").textContent = why ? `Stopped at ${why}; finishing the transcript…` : "Finishing the transcript…";
+  live.stream.getTracks().forEach((t) => t.stop());
+  live.source.disconnect();
+  live.node.port.postMessage("flush");
+  live.flushTimer = setTimeout(() => sendEnd(live), 500);  // should the worklet not answer
+}
+
+function sendEnd(live) {
+  if (live.endSent) return;
+  live.endSent = true;
+  clearTimeout(live.flushTimer);
+  releaseAudio(live);
+  if (live.socket.readyState !== WebSocket.OPEN) return;
+  live.socket.send(JSON.stringify({ type: "end" }));
+  live.finalTimer = setTimeout(() => {
+    if (!live.final) failLive("The server sent no final transcript; try again.", live);
+  }, 30000);
+}
+
+// The microphone's tracks stopped and the AudioContext closed (again: harmless).
+function releaseAudio(live) {
+  if (live.stream) live.stream.getTracks().forEach((t) => t.stop());
+  if (live.node) live.node.port.onmessage = null;
+  if (live.context && live.context.state !== "closed") live.context.close().catch(() => {});
+}
+
+function endLive(live, status) {
+  clearTimeout(live.flushTimer);
+  clearTimeout(live.finalTimer);
+  releaseAudio(live);
+  if (state.live !== live) return;
+  state.live = null;
+  setLiveUi("off");
+  $("live-status").textContent = status;
+}
+
+function failLive(message, live) {
+  live.failed = true;
+  showError(message);
+  if (live.socket && live.socket.readyState <= WebSocket.OPEN) live.socket.close();
+  endLive(live, "Live transcription stopped.");
+}
+
+function liveFinished(live) {
+  return `Live transcription finished${live.why ? ` (stopped at ${live.why})` : ""}.`;
+}
+
+function liveClosed(live, e) {
+  if (live.final) { endLive(live, liveFinished(live)); return; }
+  if (!live.failed && !live.cancelled) {
+    const code = e.code === 1000 || e.code === 1005 ? "" : ` (code ${e.code})`;
+    showError(live.ready ? `The connection to the server closed before the final transcript${code}. Try again.`
+                         : `The live transcription could not start: the server closed the connection${code}.`);
+  }
+  endLive(live, "Live transcription stopped.");
+}
+
+function setupAsr(info) {
+  document.title = "Omniformer · Speech recognition";
+  $("subtitle").textContent = "Transcribe speech";
+  const vocabulary = info.words ? `${info.words} words` : "any spelling";
+  $("model-name").textContent = `Model: ${info.model} · ${info.decoder} decoder · ${vocabulary}`;
+  state.recordedLabel = "Recording ready.";
+  setupVoice();
+  state.onInput = () => transcribe();  // a new recording: its transcript at once
+  const why = liveUnsupported();
+  if (why) {
+    $("live").disabled = true;
+    $("live-status").textContent = why;
+  }
+  $("live").addEventListener("click", () => (state.live ? stopLive() : startLive()));
+  return { hint: "Test recordings the model has never heard, each with its true transcript. One click transcribes one.",
+           item: asrExample };
+}
+
+// ---------------------------------------------------------------------------------------------
 // Start-up: the model says the task; its panel, then its examples
 // ---------------------------------------------------------------------------------------------
 
-const PANELS = { qa: setupQa, classify: setupClassify };
+const PANELS = { qa: setupQa, classify: setupClassify, asr: setupAsr };
 
 function showPanel(name) {
   const main = $("panel");

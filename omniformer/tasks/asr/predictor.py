@@ -23,6 +23,7 @@ from .config import ASRConfig
 from .data import Alphabet
 from .decoding import Hypothesis, Lexicon, best_hypothesis, greedy_decode, to_text, word_timings
 from .model import BLANK, ASRModel, frame_seconds
+from .streaming import StreamSettings, TranscriptStream
 
 TASK_NAME = "asr"
 MAX_SECONDS = 15 * 60  # longest recording transcribe() takes in one call
@@ -156,3 +157,8 @@ class Transcriber:
         return Transcript(" ".join(p.text for p in parts if p.text), words, seconds)
 
     predict = transcribe
+
+    def stream(self, settings: "StreamSettings | None" = None, decoder: str | None = None) -> "TranscriptStream":
+        """A live recording's transcriber: ``feed`` it samples as they come, ``finish`` at the end
+        (``omniformer.tasks.asr.streaming``)."""
+        return TranscriptStream(self, settings, decoder)
