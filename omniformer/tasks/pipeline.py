@@ -21,7 +21,7 @@ from .common import audio_preprocessor, build_tokenizer, image_preprocessor, is_
 from .pretrain import PretrainingModel
 from .qa.model import NAME as QA_TASK
 from .qa.config import QAConfig
-from .qa.model import QAModel, evaluate_qa, qa_config, qa_dataset
+from .qa.model import QAModel, evaluate_qa, load_transcriber, qa_config, qa_dataset
 
 
 def ensure_data(cfg: RunConfig, progress: bool = True) -> Path:
@@ -171,11 +171,12 @@ def finetune(cfg: RunConfig, init: str | Path | None = None, resume: bool = Fals
                            transcripts=task.word_spotting > 0)
     val = validation_sample(splits["val"], cfg.finetune)
     device = resolve_device(cfg.finetune.device)
+    transcriber = load_transcriber(task, device)  # a cascade: validation's spoken questions transcribed
 
     def evaluate(m: QAModel) -> dict[str, float]:
         asked = ("text", "audio") if task.spoken_fraction > 0 else ("text",)
         return evaluate_qa(m, manifest, val, cfg, tokenizer, answers, asked=asked, workers=cfg.finetune.workers,
-                           device=device, task=task)
+                           device=device, task=task, transcriber=transcriber)
 
     meta = meta_for(QA_TASK, cfg, answers=answers, init=str(init) if init else None,
                     model_id=f"omniformer-qa-{Path(cfg.out_dir).name}")
@@ -205,6 +206,8 @@ def evaluate(model_dir: str | Path, manifest: str | Path | None = None, split: s
     if not samples:
         raise ValueError(f"{manifest}: no QA samples in split {split!r}")
     start = time.perf_counter()
+    device = next(predictor.model.parameters()).device
+    task = qa_config(cfg)
     metrics = evaluate_qa(predictor.model, manifest, samples, cfg, predictor.tokenizer, predictor.answers, asked=asked,
-                          workers=workers, device=next(predictor.model.parameters()).device, task=qa_config(cfg))
+                          workers=workers, device=device, task=task, transcriber=load_transcriber(task, device))
     return Evaluation(QA_TASK, split, len(samples), time.perf_counter() - start, metrics)

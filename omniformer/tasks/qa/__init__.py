@@ -52,20 +52,32 @@ class QATask(Task):
         parser.add_argument("--image", help="the image to ask about")
         parser.add_argument("--question", help="the question in text")
         parser.add_argument("--audio", help="the question as a recording (WAV, FLAC, OGG)")
-        parser.add_argument("--top-k", type=int, default=5, dest="top_k", help="how many answers (default 5)")
+        parser.add_argument("--top-k", type=int, dest="top_k",
+                            help="how many answers (default 5, or all if the model knows fewer)")
+        parser.add_argument("--transcriber", help="an asr checkpoint folder that hears --audio: its transcript is "
+                                                  "asked as text")
 
     def predict_from_args(self, predictor: QAPredictor, args: argparse.Namespace) -> Any:
         if not args.image:
             raise TaskError("predict: the qa task needs --image IMG")
         if args.question is None and args.audio is None:
             raise TaskError("predict: give --question TEXT or --audio WAV (or both)")
+        if args.top_k is None:
+            args.top_k = min(5, len(predictor.answers))
         if not 1 <= args.top_k <= len(predictor.answers):
             raise TaskError(f"--top-k: expected 1 to {len(predictor.answers)} (the answers it knows), got {args.top_k}")
-        top = predictor.ask(args.image, question=args.question, audio=args.audio, top_k=args.top_k)
-        return {"answers": [{"answer": a, "probability": round(p, 6)} for a, p in top]}
+        if getattr(args, "transcriber", None):
+            predictor.use_transcriber(args.transcriber)
+        item, transcript = predictor.prepare_heard(args.image, question=args.question, audio=args.audio)
+        top = predictor.answer_items([item], args.top_k)[0]
+        out: dict[str, Any] = {"answers": [{"answer": a, "probability": round(p, 6)} for a, p in top]}
+        if transcript is not None:
+            out["transcript"] = transcript
+        return out
 
     def format_prediction(self, result: Any) -> str:
-        return "\n".join(f"  {r['answer']:<12} {r['probability']:6.1%}" for r in result["answers"])
+        heard = [f"  heard: {result['transcript']!r}"] if "transcript" in result else []
+        return "\n".join(heard + [f"  {r['answer']:<12} {r['probability']:6.1%}" for r in result["answers"]])
 
     def service(self, predictor: QAPredictor, limits: ServeLimits, metrics: Any):
         from .serve import QAService

@@ -48,6 +48,10 @@ class QAConfig:
     # for spoken questions only (a voice held out, say).
     groups: list[str] = field(default_factory=list)
     spoken_groups: list[str] = field(default_factory=list)
+    # An asr checkpoint folder: spoken questions are transcribed by it and answered as text (a
+    # cascade) instead of heard by this model's own spoken path. Set when evaluating or serving
+    # (--task.transcriber=DIR); "" hears them as ``spoken_question`` says.
+    transcriber: str = ""
 
     def validate(self) -> None:
         require(self.glimpses >= 1, f"glimpses: must be >= 1, got {self.glimpses}")

@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -234,16 +235,22 @@ def accuracy_report(samples: Sequence[dict], predictions: Sequence[str], spoken:
 def evaluate_qa(model: nn.Module, manifest: str | Path, samples: Sequence[dict], cfg: RunConfig,
                 tokenizer: Tokenizer, answers: Sequence[str], asked: Sequence[str] = ("text", "audio"),
                 batch_size: int = 128, workers: int = 0, device: str | torch.device = "cpu",
-                task: QAConfig | None = None) -> dict[str, float]:
+                task: QAConfig | None = None, transcriber: Any = None) -> dict[str, float]:
     """Each sample is asked once in each way of ``asked`` ("text", "audio") that it supports;
-    ``task`` names the metric groups."""
+    ``task`` names the metric groups. With ``transcriber`` (an asr ``Transcriber``), a spoken
+    question is its transcript asked in text, and still counts as spoken."""
     all_samples, predictions, spoken = [], [], []
     for way in asked:
         field = "question" if way == "text" else "question_audio"
         subset = [s for s in samples if s.get(field)]
         if not subset:
             continue
-        data = qa_dataset(manifest, subset, cfg, tokenizer, answers, modes=way, train=False)
+        modes = way
+        if way == "audio" and transcriber is not None:
+            heard = transcribe_questions(transcriber, manifest, subset)
+            subset = [{**s, "question": heard[s["question_audio"]]} for s in subset]
+            modes = "text"
+        data = qa_dataset(manifest, subset, cfg, tokenizer, answers, modes=modes, train=False)
         logits = predict(model, data, batch_size, workers, device)
         predictions += [answers[i] for i in logits.argmax(-1).tolist()]
         all_samples += subset
@@ -252,6 +259,31 @@ def evaluate_qa(model: nn.Module, manifest: str | Path, samples: Sequence[dict],
     report = accuracy_report(all_samples, predictions, spoken, task.groups, task.spoken_groups)
     report["score"] = report.get("accuracy", 0.0)
     return report
+
+
+def transcribe_questions(transcriber: Any, manifest: str | Path, samples: Sequence[dict],
+                         batch_size: int = 64) -> dict[str, str]:
+    """Each distinct ``question_audio`` of ``samples`` -> its transcript, in batches."""
+    root = Path(manifest).parent
+    paths = sorted({s["question_audio"] for s in samples})
+    out: dict[str, str] = {}
+    for i in range(0, len(paths), batch_size):
+        chunk = paths[i: i + batch_size]
+        items = [transcriber.prepare(root / p) for p in chunk]
+        for path, transcript in zip(chunk, transcriber.transcribe_items(items)):
+            out[path] = transcript.text or "?"  # nothing heard: a question that answers nothing in particular
+    return out
+
+
+def load_transcriber(task: QAConfig, device: str | torch.device = "cpu") -> Any:
+    """The asr checkpoint ``task.transcriber`` names, or None; an error names the option."""
+    if not task.transcriber:
+        return None
+    from ..asr.predictor import Transcriber
+    try:
+        return Transcriber.load(task.transcriber, device=device)
+    except (FileNotFoundError, ckpt.CheckpointError) as e:
+        raise ckpt.CheckpointError(f"task.transcriber: {e}") from None
 
 
 class QAPredictor:
@@ -265,9 +297,20 @@ class QAPredictor:
         self.task_cfg = qa_config(cfg)
         self.image = image_preprocessor(cfg.model, augment=False)
         self.audio = audio_preprocessor(cfg.model)
+        # task.transcriber: spoken questions are transcribed and answered as text
+        self.transcriber = load_transcriber(self.task_cfg, next(model.parameters()).device)
+
+    def use_transcriber(self, path: str | Path | None) -> None:
+        """Answer spoken questions through this asr checkpoint's transcript (None: by this model's
+        own spoken path)."""
+        self.task_cfg.transcriber = str(path) if path else ""
+        self.cfg.task = {**(self.cfg.task or {}), "transcriber": self.task_cfg.transcriber}
+        self.transcriber = load_transcriber(self.task_cfg, next(self.model.parameters()).device)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "QAPredictor":
+    def load(cls, path: str | Path, device: str = "cpu", transcriber: str | Path | None = None) -> "QAPredictor":
+        """The checkpoint folder ``path``; ``transcriber``: an asr checkpoint that hears spoken
+        questions (as ``task.transcriber``)."""
         path = ckpt.find_checkpoint(path)
         meta = ckpt.read_meta(path)
         if meta.get("task") != NAME:
@@ -276,12 +319,36 @@ class QAPredictor:
         model = QAModel(cfg.model, len(meta["answers"]), qa_config(cfg))
         ckpt.load_weights(path, model)
         tokenizer = Tokenizer.load(path / ckpt.TOKENIZER)
+        if transcriber:
+            cfg.task = {**(cfg.task or {}), "transcriber": str(transcriber)}
         return cls(model.to(device), cfg, tokenizer, list(meta["answers"]), model_id=meta.get("model_id", path.name))
+
+    def hear(self, audio) -> str:
+        """A spoken question's transcript by ``task.transcriber`` (a path, file bytes, or a mono
+        waveform at this model's sample rate)."""
+        if isinstance(audio, np.ndarray):
+            rate, theirs = self.cfg.model.audio.sample_rate, self.transcriber.cfg.model.audio.sample_rate
+            if rate != theirs:
+                import soxr
+                audio = soxr.resample(audio.astype(np.float32), rate, theirs).astype(np.float32)
+        return self.transcriber.transcribe(audio).text
 
     def prepare(self, image, question: str | None = None, audio=None) -> dict[str, Any]:
         """One dataset-style item from raw inputs (paths, bytes, PIL images or waveforms)."""
+        return self.prepare_heard(image, question, audio)[0]
+
+    def prepare_heard(self, image, question: str | None = None, audio=None) -> tuple[dict[str, Any], str | None]:
+        """``prepare``'s item and, with ``task.transcriber``, the spoken question's transcript
+        (the item then asks it in text; a question also typed in text is asked as typed)."""
         if question is None and audio is None:
             raise ValueError("ask needs a question in text, in audio, or both")
+        transcript = None
+        if audio is not None and self.transcriber is not None:
+            transcript = self.hear(audio)
+            question, audio = (transcript or "?") if question is None else question, None
+        return self._item(image, question, audio), transcript
+
+    def _item(self, image, question: str | None, audio) -> dict[str, Any]:
         item: dict[str, Any] = {"index": 0, "image": self.image(image)}
         if question is not None:
             item["text"] = torch.tensor(self.tokenizer.encode(question, self.cfg.model.text.max_len))

@@ -94,7 +94,7 @@ class QAService:
         image, audio = blank_png(size), silent_wav(min(1.0, self.max_audio_seconds), self.sample_rate)
         loop = asyncio.get_running_loop()
         for wave in (audio, None):  # straight to decode and model: the upload limits are for clients
-            item = await loop.run_in_executor(self.decode_pool, self._prepare, image, "what is this?", wave)
+            item, _ = await loop.run_in_executor(self.decode_pool, self._prepare, image, "what is this?", wave)
             await self.batcher.submit(item, 1)
         self.ready = True
 
@@ -120,11 +120,11 @@ class QAService:
         check_upload(audio, "audio", self.max_upload_bytes)
         return check_top_k(top_k, self.num_answers)
 
-    def _prepare(self, image: bytes, question: str | None, audio: bytes | None) -> dict[str, Any]:
+    def _prepare(self, image: bytes, question: str | None, audio: bytes | None) -> tuple[dict[str, Any], str | None]:
         pil = self.media.image(image)
         wave = self.media.audio(audio) if audio is not None else None
         try:
-            return self.predictor.prepare(pil, question=question, audio=wave)
+            return self.predictor.prepare_heard(pil, question=question, audio=wave)
         except (ImageError, AudioError, ValueError) as e:
             raise ApiError(400, "invalid_input", str(e)) from None
 
@@ -135,7 +135,7 @@ class QAService:
         k = self.check_fields(image, question, audio, top_k)
         loop = asyncio.get_running_loop()
         with self.batcher.reserve():  # tells the batcher a question is on its way
-            item = await loop.run_in_executor(self.decode_pool, self._prepare, image, question, audio)
+            item, transcript = await loop.run_in_executor(self.decode_pool, self._prepare, image, question, audio)
         try:
             answers = await self.batcher.submit(item, k)
         except Overloaded as e:
@@ -147,8 +147,11 @@ class QAService:
             raise ApiError(500, "internal", f"the model failed to answer: {type(e).__name__}") from None
         asked_by = "text+voice" if question is not None and audio is not None else "voice" if audio is not None else "text"
         self.metrics.answers.inc(asked_by)
-        return {"answers": [{"answer": a, "probability": round(p, 6)} for a, p in answers],
+        body = {"answers": [{"answer": a, "probability": round(p, 6)} for a, p in answers],
                 "model": self.predictor.model_id, "asked_by": asked_by}
+        if transcript is not None:  # task.transcriber heard the question
+            body["transcript"] = transcript
+        return body
 
     # -- routes --------------------------------------------------------------------------------
 
