@@ -52,7 +52,10 @@ def load_audio(source: str | Path | bytes, sample_rate: int = 16000, max_seconds
     except AudioError:
         raise
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError on junk
-        raise AudioError(f"{name}: not decodable audio (WAV, FLAC or OGG expected): {e}") from None
+        # soundfile's message names the file object ("Error opening <_io.BytesIO object at 0x...>: ..."):
+        # keep only what it says about the data
+        why = str(e).split(": ", 1)[-1] if str(e).startswith("Error opening") else str(e)
+        raise AudioError(f"{name}: not decodable audio (WAV, FLAC or OGG expected): {why}") from None
     if data.shape[0] == 0:
         raise AudioError(f"{name}: audio is empty (0 samples)")
     if not np.isfinite(data).all():

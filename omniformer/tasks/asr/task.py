@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import random
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -84,6 +85,10 @@ class ASRTask(Task):
         manifest = ensure_data(cfg, progress)  # a built-in dataset (data.dataset) is made when absent
         seed_everything(cfg.finetune.seed)
         data = load_data(manifest, task)
+        if cfg.label_fraction < 1:  # the low-label setting: a seeded sample of the transcribed recordings
+            train = data.splits["train"]
+            keep = max(1, round(len(train) * cfg.label_fraction))
+            data.splits["train"] = random.Random(cfg.finetune.seed).sample(train, keep)
         if not data.splits["train"]:
             raise ValueError(f"{manifest}: no training recording with a transcript"
                              + (f" ({data.excluded} left out by task.exclude_from_training)" if data.excluded else ""))
