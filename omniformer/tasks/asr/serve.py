@@ -31,7 +31,7 @@ import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 
 from ...data.audio import AudioError
-from ...serve.batcher import BatcherStopped, MicroBatcher, Overloaded
+from ...serve.service import BatchedService
 from ...serve.uploads import ERROR_RESPONSES, ApiError, MediaDecoder, b64, check_upload, read_form, read_json, silent_wav
 from ..base import ServeLimits
 from .predictor import MAX_SECONDS, Transcript, Transcriber
@@ -72,21 +72,19 @@ def _flag(value: Any, field: str) -> bool:
     raise ApiError(422, "invalid_field", f"{field}: expected true or false, got {value!r}", field)
 
 
-class ASRService:
-    """Validates and decodes uploads (in a thread pool), then transcribes them in micro-batches."""
+class ASRService(BatchedService):
+    """Validates and decodes uploads (in a thread pool), then transcribes them in micro-batches;
+    live streams step their own model calls, one at a time, in a thread of their own."""
+
+    verb = "transcribe"
 
     def __init__(self, predictor: Transcriber, limits: ServeLimits, metrics: Any = None):
-        self.predictor, self.limits, self.metrics = predictor, limits, metrics
-        self.model_id = predictor.model_id
+        super().__init__(predictor, lambda items, _: predictor.transcribe_items(items, timings=True), limits, metrics)
         model = predictor.cfg.model
         self.inputs = ["audio"]
         self.example_fields = {"audio": "audio"}
         self.max_audio_seconds = float(limits.max_audio_seconds or DEFAULT_MAX_SECONDS)
         self.decoder = MediaDecoder(limits.max_pixels, self.max_audio_seconds, model.audio.sample_rate)
-        self.batcher = MicroBatcher(lambda items, _: predictor.transcribe_items(items, timings=True),
-                                    max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms,
-                                    max_queue=limits.max_queue, on_batch=self._on_batch)
-        self.decode_pool: ThreadPoolExecutor | None = None
         self.stream_pool: ThreadPoolExecutor | None = None  # live streams' model steps, one at a time
         self.max_streams = int(limits.max_streams)
         self.max_stream_seconds = float(limits.max_stream_seconds or MAX_SECONDS)
@@ -96,39 +94,21 @@ class ASRService:
         if metrics is not None:
             from ...serve.metrics import Gauge
             metrics.add(Gauge("omniformer_streams", "Live transcription streams open.", read=lambda: self.streams))
-        self.ready = False
-
-    def _on_batch(self, size: int, seconds: float) -> None:
-        if self.metrics is not None:
-            self.metrics.batch_size.observe(size)
-            self.metrics.inference.observe(seconds)
 
     async def start(self) -> None:
-        self.decode_pool = ThreadPoolExecutor(max_workers=self.limits.decode_threads,
-                                              thread_name_prefix="omniformer-decode")
         self.stream_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniformer-stream")
-        await self.batcher.start()
-        loop = asyncio.get_running_loop()
+        await super().start()
+
+    async def warm_up(self) -> None:
         wave = silent_wav(1.0, self.predictor.cfg.model.audio.sample_rate)
-        pieces = await loop.run_in_executor(self.decode_pool, self._prepare, wave)
-        await self.batcher.submit(pieces[0][1], 1)
-        self.ready = True
+        pieces = await self.decode(self._prepare, wave)
+        await self.infer(pieces[0][1], 1)
 
     async def stop(self) -> None:
-        self.ready = False
-        await self.batcher.stop()
-        for pool in (self.decode_pool, self.stream_pool):
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
-        self.decode_pool = self.stream_pool = None
-
-    @property
-    def running(self) -> bool:
-        return self.batcher.running
-
-    @property
-    def queued(self) -> int:
-        return self.batcher.queued
+        await super().stop()
+        if self.stream_pool is not None:
+            self.stream_pool.shutdown(wait=False, cancel_futures=True)
+            self.stream_pool = None
 
     def info(self) -> dict[str, Any]:
         model = self.predictor.cfg.model
@@ -156,20 +136,8 @@ class ASRService:
         if audio is None:
             raise ApiError(422, "missing_field", "audio: missing; send the recording (WAV, FLAC or OGG)", "audio")
         check_upload(audio, "audio", self.limits.max_upload_bytes)
-        if self.decode_pool is None:
-            raise ApiError(503, "not_ready", "the model is not ready (loading, warming up or stopped)")
-        loop = asyncio.get_running_loop()
-        with self.batcher.reserve():
-            pieces = await loop.run_in_executor(self.decode_pool, self._prepare, audio)
-        try:
-            parts: list[Transcript] = await asyncio.gather(*(self.batcher.submit(item, 1) for _, item in pieces))
-        except Overloaded as e:
-            raise ApiError(503, "overloaded", str(e)) from None
-        except BatcherStopped as e:
-            raise ApiError(503, "not_ready", str(e)) from None
-        except Exception as e:  # the model failed on this input: the worker survives, the client is told
-            log.exception("transcribing failed")
-            raise ApiError(500, "internal", f"the model failed to transcribe: {type(e).__name__}") from None
+        pieces = await self.decode(self._prepare, audio)
+        parts: list[Transcript] = await asyncio.gather(*(self.infer(item, 1) for _, item in pieces))
         if self.metrics is not None:
             self.metrics.answers.inc("audio")
         body: dict[str, Any] = {"text": " ".join(p.text for p in parts if p.text),

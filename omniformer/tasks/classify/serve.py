@@ -21,9 +21,7 @@ The inputs are the model's modalities, looked up in the registry (``input_kind``
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from fastapi import FastAPI, Request
@@ -31,7 +29,7 @@ from fastapi import FastAPI, Request
 from ...data.audio import AudioError
 from ...data.image import ImageError
 from ...registry import get_modality
-from ...serve.batcher import BatcherStopped, MicroBatcher, Overloaded
+from ...serve.service import BatchedService
 from ...serve.uploads import (ERROR_RESPONSES, ApiError, MediaDecoder, b64, blank_png, check_text, check_top_k,
                               check_upload, read_form, read_json, silent_wav)
 from ..base import ServeLimits
@@ -69,12 +67,13 @@ def input_kind(modality: str) -> str:
     return "unsupported" if get_modality(modality).files else "value"
 
 
-class ClassifyService:
+class ClassifyService(BatchedService):
     """Validates and decodes requests (decoding in a thread pool), then classifies them in micro-batches."""
 
+    verb = "classify"
+
     def __init__(self, predictor: ClassifyPredictor, limits: ServeLimits, metrics: Any = None):
-        self.predictor, self.limits, self.metrics = predictor, limits, metrics
-        self.model_id = predictor.model_id
+        super().__init__(predictor, predictor.classify_items, limits, metrics)
         model = predictor.cfg.model
         self.kinds = {m: input_kind(m) for m in predictor.inputs}
         self.served = [m for m, kind in self.kinds.items() if kind != "unsupported"]
@@ -83,11 +82,6 @@ class ClassifyService:
         self.fields = tuple(dict.fromkeys([*BUILT_IN, *self.kinds]))
         self.max_audio_seconds = float(limits.max_audio_seconds or model.audio.max_seconds)
         self.decoder = MediaDecoder(limits.max_pixels, self.max_audio_seconds, model.audio.sample_rate)
-        self.batcher = MicroBatcher(predictor.classify_items, max_batch=limits.max_batch,
-                                    max_wait_ms=limits.max_wait_ms, max_queue=limits.max_queue,
-                                    on_batch=self._on_batch)
-        self.decode_pool: ThreadPoolExecutor | None = None
-        self.ready = False
 
     @property
     def inputs(self) -> list[str]:
@@ -99,42 +93,14 @@ class ClassifyService:
         task = self.predictor.task_config
         return {m: field_of(m, task) for m in self.served if m in BUILT_IN}
 
-    def _on_batch(self, size: int, seconds: float) -> None:
-        if self.metrics is not None:
-            self.metrics.batch_size.observe(size)
-            self.metrics.inference.observe(seconds)
-
-    # -- lifecycle -----------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Start the model worker and warm up through the whole path (decode, features, model)
-        with the built-in inputs the model reads (none: no warm-up)."""
-        self.decode_pool = ThreadPoolExecutor(max_workers=self.limits.decode_threads,
-                                              thread_name_prefix="omniformer-decode")
-        await self.batcher.start()
+    async def warm_up(self) -> None:
+        """With the built-in inputs the model reads (none: no warm-up)."""
         model = self.predictor.cfg.model
         warm = {"image": blank_png(model.image.size), "audio": silent_wav(1.0, model.audio.sample_rate),
                 "text": "warm up"}
         values = {m: v for m, v in warm.items() if m in self.inputs}
         if values:
-            item = await asyncio.get_running_loop().run_in_executor(self.decode_pool, self._prepare, values)
-            await self.batcher.submit(item, 1)
-        self.ready = True
-
-    async def stop(self) -> None:
-        self.ready = False
-        await self.batcher.stop()
-        if self.decode_pool is not None:
-            self.decode_pool.shutdown(wait=False, cancel_futures=True)
-            self.decode_pool = None
-
-    @property
-    def running(self) -> bool:
-        return self.batcher.running
-
-    @property
-    def queued(self) -> int:
-        return self.batcher.queued
+            await self.infer(await self.decode(self._prepare, values), 1)
 
     def info(self) -> dict[str, Any]:
         model = self.predictor.cfg.model
@@ -194,20 +160,7 @@ class ClassifyService:
         absent) and ``top_k`` (``time_ms`` is added by the app)."""
         k = check_top_k(top_k, len(self.predictor.labels))
         given = self._check(values)
-        loop = asyncio.get_running_loop()
-        if self.decode_pool is None:
-            raise ApiError(503, "not_ready", "the model is not ready (loading, warming up or stopped)")
-        with self.batcher.reserve():  # tells the batcher a request is on its way
-            item = await loop.run_in_executor(self.decode_pool, self._prepare, given)
-        try:
-            labels = await self.batcher.submit(item, k)
-        except Overloaded as e:
-            raise ApiError(503, "overloaded", str(e)) from None
-        except BatcherStopped as e:
-            raise ApiError(503, "not_ready", str(e)) from None
-        except Exception as e:  # the model failed on this input: the worker survives, the client is told
-            log.exception("classifying failed")
-            raise ApiError(500, "internal", f"the model failed to classify: {type(e).__name__}") from None
+        labels = await self.infer(await self.decode(self._prepare, given), k)
         if self.metrics is not None:
             self.metrics.answers.inc("+".join(given))
         return {"labels": [{"label": label, "probability": round(p, 6)} for label, p in labels],

@@ -8,10 +8,8 @@ micro-batcher; the generic server (``omniformer.serve.app``) adds operations, ex
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Literal
 
 from fastapi import FastAPI, Request
@@ -19,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...data.audio import AudioError
 from ...data.image import ImageError
-from ...serve.batcher import BatcherStopped, MicroBatcher, Overloaded
 from ...serve.metrics import ServerMetrics
+from ...serve.service import BatchedService
 from ..base import ServeLimits
 from ...serve.uploads import (DEFAULT_TOP_K, ERROR_RESPONSES, ApiError, MediaDecoder, b64, blank_png,
                               check_text, check_top_k, check_upload, pydantic_message, read_form, read_json,
@@ -64,44 +62,26 @@ _JSON_SCHEMA = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": AnswerJSON.model_json_schema()}}}}
 
 
-class QAService:
+class QAService(BatchedService):
     """Turns raw request fields into answers: validation, decoding (in a thread pool) and the
     micro-batched model."""
 
     def __init__(self, predictor: QAPredictor, limits: ServeLimits, metrics: ServerMetrics):
-        self.predictor, self.model_id = predictor, predictor.model_id
+        super().__init__(predictor, predictor.answer_items, limits, metrics)
         self.sample_rate = predictor.cfg.model.audio.sample_rate
         self.max_upload_bytes, self.max_pixels = limits.max_upload_bytes, limits.max_pixels
         # Longer recordings would be cut, losing the end of the question, so they are refused instead.
         self.max_audio_seconds = limits.max_audio_seconds or float(predictor.cfg.model.audio.max_seconds)
         self.media = MediaDecoder(self.max_pixels, self.max_audio_seconds, self.sample_rate)
-        self.metrics = metrics
         self.num_answers = len(predictor.answers)
-        self.batcher = MicroBatcher(predictor.answer_items, max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms,
-                                    max_queue=limits.max_queue, on_batch=self._on_batch)
-        self.decode_pool = ThreadPoolExecutor(max_workers=limits.decode_threads, thread_name_prefix="omniformer-decode")
-        self.ready = False
 
-    def _on_batch(self, size: int, seconds: float) -> None:
-        self.metrics.batch_size.observe(size)
-        self.metrics.inference.observe(seconds)
-
-    async def start(self) -> None:
-        await self.batcher.start()
-        # Warm up through the whole path (decode, features, model) so the first user does not
-        # pay for lazy initialisation; both ways of asking, since audio has its own tower.
+    async def warm_up(self) -> None:
+        # Both ways of asking, since audio has its own tower.
         size = self.predictor.cfg.model.image.size
         image, audio = blank_png(size), silent_wav(min(1.0, self.max_audio_seconds), self.sample_rate)
-        loop = asyncio.get_running_loop()
         for wave in (audio, None):  # straight to decode and model: the upload limits are for clients
-            item, _ = await loop.run_in_executor(self.decode_pool, self._prepare, image, "what is this?", wave)
-            await self.batcher.submit(item, 1)
-        self.ready = True
-
-    async def stop(self) -> None:
-        self.ready = False
-        await self.batcher.stop()
-        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+            item, _ = await self.decode(self._prepare, image, "what is this?", wave)
+            await self.infer(item, 1)
 
     # -- validation (cheap, on the event loop) -------------------------------------------------
 
@@ -133,18 +113,8 @@ class QAService:
     async def answer(self, image: bytes | None, question: str | None, audio: bytes | None,
                      top_k: Any = None) -> dict[str, Any]:
         k = self.check_fields(image, question, audio, top_k)
-        loop = asyncio.get_running_loop()
-        with self.batcher.reserve():  # tells the batcher a question is on its way
-            item, transcript = await loop.run_in_executor(self.decode_pool, self._prepare, image, question, audio)
-        try:
-            answers = await self.batcher.submit(item, k)
-        except Overloaded as e:
-            raise ApiError(503, "overloaded", str(e)) from None
-        except BatcherStopped as e:
-            raise ApiError(503, "not_ready", str(e)) from None
-        except Exception as e:  # the model failed on this input: the worker survives, the client is told
-            log.exception("answering failed")
-            raise ApiError(500, "internal", f"the model failed to answer: {type(e).__name__}") from None
+        item, transcript = await self.decode(self._prepare, image, question, audio)
+        answers = await self.infer(item, k)
         asked_by = "text+voice" if question is not None and audio is not None else "voice" if audio is not None else "text"
         self.metrics.answers.inc(asked_by)
         body = {"answers": [{"answer": a, "probability": round(p, 6)} for a, p in answers],
@@ -186,14 +156,6 @@ class QAService:
         envelope = 64 * 1024
         return {"/v1/answer": 2 * self.max_upload_bytes + envelope,
                 "/v1/answer.json": 2 * (self.max_upload_bytes * 4 // 3 + 4) + envelope}
-
-    @property
-    def running(self) -> bool:
-        return self.batcher.running
-
-    @property
-    def queued(self) -> int:
-        return self.batcher.queued
 
     def info(self) -> dict[str, Any]:
         cfg = self.predictor.cfg.model
