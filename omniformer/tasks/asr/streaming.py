@@ -9,11 +9,18 @@
 The model runs on a window of the last ``lookback_seconds`` of audio each time ``step_seconds``
 of new audio has come, so a step costs the same however long the recording. Audio tokens at
 least ``lookahead_seconds`` before the newest sample are *committed*: their frame
-probabilities are final and go to the decoder, which carries its state (the beam) from step
-to step; the newer tokens are decoded from the same window only for the partial transcript.
-At the end the rest is committed from a last window, so a recording no longer than the window
-is decoded as the whole recording is offline, except that each committed frame saw only its
-look-ahead of the future (``benchmarks/asr_streaming.py`` measures how often the two agree).
+probabilities go to the decoder, which carries its state (the beam) from step to step; the
+newer tokens are decoded, on a copy of that state, only for the partial transcript.
+
+The recogniser is bidirectional and leans on what follows a word ("there" or "the" depends on
+the next ones), so a frame that saw only its look-ahead can be wrong where the whole recording
+would not be. Hence segments: the stream's start, or speech after a quiet run longer than the
+look-ahead (+0.3 s), begins one; when it ends (the quiet, or ``finish``) and it fits the model
+(``audio.max_seconds``), it is decoded again in one pass over all of it, from the decoder's
+state at its start. A recording no longer than that is so decoded exactly as it is offline;
+longer speech without a pause keeps its committed frames. Windows quieter than
+``silence_dbfs`` are heard as silence without running the model, and a segment's windows never
+reach back into the quiet before it (``benchmarks/asr_streaming.py`` measures the rest).
 """
 from __future__ import annotations
 
@@ -138,6 +145,10 @@ class TranscriptStream:
         else:
             self.search = _Greedy()
         self.best_path = self.search if decoder == "greedy" else _Greedy()  # the beam's fallback, as offline
+        # A segment (the stream's start, or speech after a long quiet run) is decoded again in
+        # one pass over its whole audio when it ends, if it fits the model (audio.max_seconds):
+        # its words then get the right context the window's look-ahead lacked.
+        self.max_pass = int(audio.max_seconds * self.rate) // self.token_samples * self.token_samples
         self.buffer = np.zeros(0, np.float32)   # the latest samples, at most a window of them
         self.buffer_start = 0                    # the sample index of buffer[0] in the recording
         self.received = 0                        # samples fed so far
@@ -154,6 +165,7 @@ class TranscriptStream:
         self.segment: tuple[int, int] = (0, 0)   # (the quiet run's start, where windows may start)
         self.min_quiet = int((settings.lookahead_seconds + 0.3) * self.rate)
         self.margin = int(0.25 * self.rate) // self.token_samples * self.token_samples
+        self._mark_segment()
         self.closed = False
 
     @property
@@ -180,10 +192,11 @@ class TranscriptStream:
         """Commit what is left and give the final transcript, with word timings."""
         if self.closed:
             raise RuntimeError("this stream is finished; start another")
-        if self.received and (self.modelled < self.received or self.committed < self._tokens(self.received)):
-            while self.received - self.modelled > self.max_step:
-                self._run(self.modelled + self.max_step, last=False)
-            self._run(self.received, last=True)
+        if self.received and not self._repass(self.received):
+            if self.modelled < self.received or self.committed < self._tokens(self.received):
+                while self.received - self.modelled > self.max_step:
+                    self._run(self.modelled + self.max_step, last=False)
+                self._run(self.received, last=True)
         self.closed = True
         hyp = self._final_hypothesis()
         words = word_timings(hyp, self.asr.alphabet.labels, self.asr.frame_seconds)
@@ -214,6 +227,36 @@ class TranscriptStream:
                 self.quiet_since = None
             self.scanned += ts
 
+    def _mark_segment(self) -> None:
+        """A segment starts at the committed token: the decoders' state there, kept for ``_repass``."""
+        self.segment_tokens = self.committed
+        self.segment_search = self.search.fork()
+        self.segment_best = self.segment_search if self.best_path is self.search else self.best_path.fork()
+
+    @torch.no_grad()
+    def _frames(self, wave: np.ndarray) -> torch.Tensor:
+        """The (tokens, labels) log-probabilities of a window's samples; blank where it is quiet."""
+        if self._silent(wave):
+            self.silent_steps += 1
+            return self._blank_frames(self._tokens(wave.size))
+        features = self.asr.audio.features(wave if wave.size else np.zeros(1, np.float32))
+        log_probs, lengths = self.asr.log_probs([{"audio": features}])
+        return log_probs[0, : int(lengths[0])]
+
+    def _repass(self, end: int) -> bool:
+        """Decode the current segment, up to sample ``end``, again in one model pass over all of
+        it, from the decoders' state at its start; False (nothing done) when it is too long."""
+        start = self.segment_tokens * self.token_samples
+        if end - start > self.max_pass or start < self.buffer_start or end <= start:
+            return False
+        frames = self._frames(self.buffer[start - self.buffer_start: end - self.buffer_start])
+        self.search = self.segment_search.fork()
+        self.best_path = self.search if self.segment_best is self.segment_search else self.segment_best.fork()
+        self.committed = self.segment_tokens
+        self._commit(frames)
+        self.modelled = max(self.modelled, end)
+        return True
+
     def _blank_frames(self, tokens: int) -> torch.Tensor:
         frames = torch.full((tokens, len(self.asr.alphabet)), -30.0)
         frames[:, BLANK] = 0.0
@@ -231,17 +274,15 @@ class TranscriptStream:
         ts = self.token_samples
         quiet_from, speech_from = self.segment
         if self.committed * ts >= quiet_from and speech_from // ts > self.committed:
-            self._commit(self._blank_frames(speech_from // ts - self.committed))  # the quiet, heard as silence
+            # a new segment: the last one decoded again whole, the quiet heard as silence
+            if self._repass(quiet_from // ts * ts) and speech_from // ts <= self.committed:
+                speech_from = self.committed * ts
+            if speech_from // ts > self.committed:
+                self._commit(self._blank_frames(speech_from // ts - self.committed))
+            self._mark_segment()
         floor = min(speech_from, self.committed * ts)
         start = max(max(0, end - self.window) // ts * ts, floor // ts * ts)
-        wave = self.buffer[start - self.buffer_start: end - self.buffer_start]
-        if self._silent(wave):
-            frames = self._blank_frames(self._tokens(wave.size))
-            self.silent_steps += 1
-        else:
-            features = self.asr.audio.features(wave if wave.size else np.zeros(1, np.float32))
-            log_probs, lengths = self.asr.log_probs([{"audio": features}])
-            frames = log_probs[0, : int(lengths[0])]
+        frames = self._frames(self.buffer[start - self.buffer_start: end - self.buffer_start])
         first = start // self.token_samples                 # the window's first token in the recording
         total = first + frames.shape[0]
         upto = total if last else max(self.committed, self._tokens(end) - self.lookahead_tokens)
@@ -257,8 +298,10 @@ class TranscriptStream:
             ahead.advance(rest)
         self.tentative = ahead.leader()
         self.modelled, self.steps = end, self.steps + 1
-        # keep only what the next window can reach (it ends after this one)
-        keep = max(0, end - self.window) // self.token_samples * self.token_samples
+        # keep only what the next window, or the segment's second pass, can reach
+        segment = self.segment_tokens * ts
+        reach = min(end - self.window, segment) if end - segment <= self.max_pass else end - self.window
+        keep = max(0, reach) // ts * ts
         if keep > self.buffer_start:
             self.buffer = self.buffer[keep - self.buffer_start:]
             self.buffer_start = keep

@@ -71,13 +71,10 @@ def tiny_cfg(out_dir: Path, manifest: Path, steps: int = 300, task: dict | None 
                      "save_every": steps, "workers": 0, "progress": False, "log_every": 50}})
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(best checkpoint, manifest) of a recogniser trained here on 160 tone recordings."""
-    root = tmp_path_factory.mktemp("asr")
-    manifest = write_tones(root)
-    cfg = tiny_cfg(root / "run", manifest, task={"words": "train"})
-    return TASK.train(cfg, progress=False), manifest
+@pytest.fixture
+def trained(tone_recogniser) -> tuple[Path, Path]:
+    """(best checkpoint, manifest) of the recogniser trained once for these tests (conftest)."""
+    return tone_recogniser
 
 
 def test_it_learns_to_transcribe(trained):

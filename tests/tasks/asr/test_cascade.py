@@ -18,12 +18,11 @@ from PIL import Image
 
 from omniformer.config import load_config
 from omniformer.data.audio import write_audio
-from omniformer.tasks.asr import TASK as ASR
 from omniformer.tasks.qa import TASK as QA
 from omniformer.tasks.qa import QAPredictor
 from omniformer.train.checkpoint import CheckpointError
 
-from test_asr_task import RATE, WORDS, speak, tiny_cfg, write_tones
+from test_asr_task import RATE, WORDS, speak
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[3]
@@ -31,9 +30,8 @@ COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 
 
 @pytest.fixture(scope="module")
-def asr_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cascade-asr")
-    return ASR.train(tiny_cfg(root / "run", write_tones(root), task={"words": "train"}), progress=False)
+def asr_dir(tone_recogniser):
+    return tone_recogniser[0]
 
 
 def qa_checkpoint(out: Path, questions: list[str]) -> Path:

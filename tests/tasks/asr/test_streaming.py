@@ -14,19 +14,18 @@ import soxr
 import torch
 from starlette.websockets import WebSocketDisconnect
 
-from omniformer.tasks.asr import TASK, Transcriber
+from omniformer.tasks.asr import Transcriber
 from omniformer.tasks.asr.metrics import word_error_rate
 from omniformer.tasks.asr.streaming import StreamSettings
 
-from test_asr_task import RATE, WORDS, speak, tiny_cfg, write_tones
+from test_asr_task import RATE, WORDS, speak
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("asr-stream")
-    return TASK.train(tiny_cfg(root / "run", write_tones(root), task={"words": "train"}), progress=False)
+def model_dir(tone_recogniser):
+    return tone_recogniser[0]
 
 
 @pytest.fixture(scope="module")
