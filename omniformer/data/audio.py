@@ -72,6 +72,14 @@ def load_audio(source: str | Path | bytes, sample_rate: int = 16000, max_seconds
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
+def rms_dbfs(waveform: np.ndarray) -> float:
+    """A waveform's loudness: its RMS in dB of full scale (-200 for digital silence or nothing)."""
+    if not waveform.size:
+        return -200.0
+    power = float(np.mean(np.square(waveform, dtype=np.float64)))
+    return max(-200.0, 10 * float(np.log10(power + 1e-20)))
+
+
 def write_audio(path: str | Path, waveform: np.ndarray, sample_rate: int) -> None:
     """Write a waveform (samples,) or (samples, channels); the format follows the suffix.
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ...config import RunConfig, from_dict, run_config_from
-from ...data.audio import AudioError, load_audio
+from ...data.audio import AudioError, load_audio, rms_dbfs
 from ...data.batching import collate
 from ...modalities.audio import audio_preprocessor
 from ...train import checkpoint as ckpt
@@ -23,7 +23,7 @@ from .config import ASRConfig
 from .data import Alphabet
 from .decoding import Hypothesis, Lexicon, best_hypothesis, greedy_decode, to_text, word_timings
 from .model import BLANK, ASRModel, frame_seconds
-from .streaming import StreamSettings, TranscriptStream
+from .streaming import SILENCE_DBFS, StreamSettings, TranscriptStream
 
 TASK_NAME = "asr"
 MAX_SECONDS = 15 * 60  # longest recording transcribe() takes in one call
@@ -105,6 +105,11 @@ class Transcriber:
         pieces.append((start / rate, wave[start:]))
         return pieces
 
+    @staticmethod
+    def silent(wave: np.ndarray) -> bool:
+        """Whether a waveform is too quiet to say anything (``SILENCE_DBFS``)."""
+        return rms_dbfs(wave) < SILENCE_DBFS
+
     def prepare(self, audio: Any) -> dict[str, Any]:
         """One dataset-style item (its first ``model.audio.max_seconds``) from a path, file bytes or
         a mono waveform (NumPy, at the model's sample rate)."""
@@ -147,13 +152,15 @@ class Transcriber:
 
     def transcribe(self, audio: Any, timings: bool = False, decoder: str | None = None) -> Transcript:
         """One recording's transcript (``timings``: each word's start and end in seconds). A
-        recording longer than the model's ``audio.max_seconds`` is transcribed piece by piece."""
-        pieces = self.windows(self.waveform(audio))
+        recording longer than the model's ``audio.max_seconds`` is transcribed piece by piece;
+        a piece quieter than ``SILENCE_DBFS`` says nothing (the model is not run on it)."""
+        all_pieces = self.windows(self.waveform(audio))
+        pieces = [(start, w) for start, w in all_pieces if not self.silent(w)]
         parts = self.transcribe_items([{"index": 0, "audio": self.audio.features(w)} for _, w in pieces],
-                                      timings, decoder)
+                                      timings, decoder) if pieces else []
         words = [{**w, "start": round(w["start"] + start, 3), "end": round(w["end"] + start, 3)}
                  for (start, _), part in zip(pieces, parts) for w in part.words]
-        seconds = sum(len(w) for _, w in pieces) / self.cfg.model.audio.sample_rate
+        seconds = sum(len(w) for _, w in all_pieces) / self.cfg.model.audio.sample_rate
         return Transcript(" ".join(p.text for p in parts if p.text), words, seconds)
 
     predict = transcribe

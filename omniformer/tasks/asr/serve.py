@@ -32,7 +32,7 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 
 from ...data.audio import AudioError
 from ...serve.service import BatchedService
-from ...serve.uploads import ERROR_RESPONSES, ApiError, MediaDecoder, b64, check_upload, read_form, read_json, silent_wav
+from ...serve.uploads import ERROR_RESPONSES, ApiError, MediaDecoder, b64, check_upload, read_form, read_json
 from ..base import ServeLimits
 from .predictor import MAX_SECONDS, Transcript, Transcriber
 from .streaming import StreamSettings, TranscriptStream
@@ -100,9 +100,10 @@ class ASRService(BatchedService):
         await super().start()
 
     async def warm_up(self) -> None:
-        wave = silent_wav(1.0, self.predictor.cfg.model.audio.sample_rate)
-        pieces = await self.decode(self._prepare, wave)
-        await self.infer(pieces[0][1], 1)
+        # a tone, not silence: a silent recording never reaches the model
+        rate = self.predictor.cfg.model.audio.sample_rate
+        tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
+        await self.infer({"index": 0, "audio": self.predictor.audio.features(tone)}, 1)
 
     async def stop(self) -> None:
         await super().stop()
@@ -121,11 +122,14 @@ class ASRService(BatchedService):
                            "lookahead_seconds": self.stream_settings.lookahead_seconds,
                            "sample_rates": list(STREAM_RATES), "max_message_bytes": MAX_MESSAGE_BYTES}}
 
-    def _prepare(self, data: bytes) -> list[tuple[float, dict[str, Any]]]:
-        """Runs in the decode pool: the upload -> (start seconds, model item) per piece."""
+    def _prepare(self, data: bytes) -> list[tuple[float, dict[str, Any] | None, float]]:
+        """Runs in the decode pool: the upload -> (start seconds, model item, seconds) per piece;
+        a silent piece has no item (it says nothing; the model is not run on it)."""
         wave = self.decoder.audio(data, "audio")
+        rate = self.predictor.cfg.model.audio.sample_rate
         try:
-            return [(start, {"index": 0, "audio": self.predictor.audio.features(piece)})
+            return [(start, None if self.predictor.silent(piece) else
+                     {"index": 0, "audio": self.predictor.audio.features(piece)}, len(piece) / rate)
                     for start, piece in self.predictor.windows(wave)]
         except (AudioError, ValueError) as e:
             raise ApiError(400, "invalid_audio", f"audio: {e}", "audio") from None
@@ -137,14 +141,15 @@ class ASRService(BatchedService):
             raise ApiError(422, "missing_field", "audio: missing; send the recording (WAV, FLAC or OGG)", "audio")
         check_upload(audio, "audio", self.limits.max_upload_bytes)
         pieces = await self.decode(self._prepare, audio)
-        parts: list[Transcript] = await asyncio.gather(*(self.infer(item, 1) for _, item in pieces))
+        heard = [(start, item) for start, item, _ in pieces if item is not None]
+        parts: list[Transcript] = await asyncio.gather(*(self.infer(item, 1) for _, item in heard))
         if self.metrics is not None:
             self.metrics.answers.inc("audio")
         body: dict[str, Any] = {"text": " ".join(p.text for p in parts if p.text),
-                                "seconds": round(sum(p.seconds for p in parts), 3)}
+                                "seconds": round(sum(seconds for _, _, seconds in pieces), 3)}
         if want_timings:
             body["words"] = [{**w, "start": round(w["start"] + start, 3), "end": round(w["end"] + start, 3)}
-                             for (start, _), part in zip(pieces, parts) for w in part.words]
+                             for (start, _), part in zip(heard, parts) for w in part.words]
         return {**body, "model": self.model_id}
 
     # -- live streams --------------------------------------------------------------------------

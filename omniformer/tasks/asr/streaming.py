@@ -30,11 +30,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ...data.audio import rms_dbfs
 from .decoding import Hypothesis, PrefixBeamSearch, to_text, word_timings
 from .model import BLANK
 
 if TYPE_CHECKING:
     from .predictor import Transcriber
+
+# Audio quieter than this (RMS, dB of full scale) over a whole window or recording is silence:
+# the recogniser is not run on it (per-utterance normalisation would lift its noise to speech level).
+SILENCE_DBFS = -50.0
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class StreamSettings:
     # A window quieter than this (RMS, dB of full scale) is heard as silence without running the
     # model: a microphone open before anyone speaks costs nothing and is not heard as words
     # (per-window normalisation would lift its noise to speech level). None: always run it.
-    silence_dbfs: float | None = -50.0
+    silence_dbfs: float | None = SILENCE_DBFS
 
     def resolved(self, max_seconds: float) -> "StreamSettings":
         """These settings for a model of ``audio.max_seconds``, checked; errors name the setting
@@ -307,10 +312,7 @@ class TranscriptStream:
             self.buffer_start = keep
 
     def _silent(self, wave: np.ndarray) -> bool:
-        if self.settings.silence_dbfs is None or not wave.size:
-            return False
-        power = float(np.mean(np.square(wave, dtype=np.float64)))
-        return 10 * np.log10(power + 1e-20) < self.settings.silence_dbfs
+        return self.settings.silence_dbfs is not None and wave.size > 0 and rms_dbfs(wave) < self.settings.silence_dbfs
 
     def _final_hypothesis(self) -> Hypothesis:
         if self.decoder == "greedy":

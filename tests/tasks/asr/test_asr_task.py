@@ -205,3 +205,40 @@ def test_http_transcribe_route(trained):
         assert client.post("/v1/transcribe.json", json={"audio": "QUJD", "extra": 1}).status_code == 422
         assert client.post("/v1/transcribe", files={"audio": ("a.wav", wav, "audio/wav")},
                            data={"timings": "maybe"}).status_code == 422
+
+
+def test_silent_clipped_short_long_and_resampled_recordings(trained, tmp_path):
+    """What a recogniser meets in the wild: each is transcribed or refused with a clear error."""
+    import soxr
+    model_dir, _ = trained
+    asr = Transcriber.load(model_dir)
+    rng = random.Random(9)
+    assert asr.transcribe(np.zeros(RATE, np.float32)).text == ""               # silence says nothing
+    assert asr.transcribe(np.zeros(int(0.1 * RATE), np.float32)).text == ""    # 0.1 s
+    one = asr.transcribe(speak("ab", rng)[: int(0.1 * RATE)])                  # 0.1 s of speech: no crash
+    assert isinstance(one.text, str) and one.seconds == pytest.approx(0.1, abs=0.01)
+    clipped = np.clip(speak("cab", rng) * 20, -1, 1)                           # hard clipping
+    assert word_error_rate(["cab"], [asr.transcribe(clipped).text]) <= 1.0
+    # another file rate is resampled to the model's
+    wave = speak("dad abc", rng)
+    path = tmp_path / "44k.wav"
+    write_audio(path, soxr.resample(wave, RATE, 44100).astype(np.float32), 44100)
+    assert asr.transcribe(path).text == asr.transcribe(wave).text == "dad abc"
+    # ten minutes: transcribed piece by piece; more than fifteen: refused
+    long = np.concatenate([speak("cab dad", rng), np.zeros(10 * 60 * RATE, np.float32)])
+    assert asr.transcribe(long).text == "cab dad"
+    with pytest.raises(ValueError, match="15 minutes"):
+        asr.transcribe(np.zeros(16 * 60 * RATE, np.float32))
+
+
+def test_http_refuses_recordings_past_its_limit(trained):
+    from fastapi.testclient import TestClient
+    from omniformer.serve.app import create_app
+    model_dir, _ = trained
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(10 * 60 * RATE, np.float32), RATE, format="WAV", subtype="PCM_16")  # 10 min, 9.6 MB
+    with TestClient(create_app(model_dir)) as client:
+        r = client.post("/v1/transcribe", files={"audio": ("ten.wav", buf.getvalue(), "audio/wav")})
+        assert r.status_code in (400, 413), r.text
+        assert "120" in r.json()["error"]["message"] and r.json()["error"]["field"] == "audio"
+        assert client.get("/healthz").status_code == 200
