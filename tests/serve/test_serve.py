@@ -195,7 +195,7 @@ def test_model_info_and_page(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
-    for asset in ("/static/app.js", "/static/style.css"):
+    for asset in ("/static/app.js", "/static/style.css", "/static/pcm-worklet.js"):
         response = client.get(asset)
         assert response.status_code == 200
         # Works offline: nothing is loaded from another host.
