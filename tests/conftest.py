@@ -49,3 +49,14 @@ def trained_qa(tmp_path_factory, small_shapes) -> tuple[Path, Path]:
                        "--finetune.eval_every=600", "--finetune.lr=2e-3", "--task.spoken_fraction=0.0",
                        "--task.curriculum.steps=0")
     return finetune(cfg, init=None, progress=False), manifest
+
+
+@pytest.fixture(scope="session")
+def tone_recogniser(tmp_path_factory) -> tuple[Path, Path]:
+    """(best checkpoint, manifest) of a recogniser trained once per run on 160 recordings of
+    tone "speech" (tests/tasks/asr/test_asr_task.py), its beam keeping to the training words."""
+    from omniformer.tasks.asr import TASK
+    from test_asr_task import tiny_cfg, write_tones  # tests/tasks/asr, on the path once collected
+    root = tmp_path_factory.mktemp("asr")
+    manifest = write_tones(root)
+    return TASK.train(tiny_cfg(root / "run", manifest, task={"words": "train"}), progress=False), manifest

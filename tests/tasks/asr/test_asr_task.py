@@ -73,7 +73,7 @@ def tiny_cfg(out_dir: Path, manifest: Path, steps: int = 300, task: dict | None 
 
 @pytest.fixture
 def trained(tone_recogniser) -> tuple[Path, Path]:
-    """(best checkpoint, manifest) of the recogniser trained once for these tests (conftest)."""
+    """(best checkpoint, manifest) of the recogniser trained once for these tests (tests/conftest.py)."""
     return tone_recogniser
 
 
