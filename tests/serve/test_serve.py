@@ -525,6 +525,18 @@ def test_cli_has_serve(qa_checkpoint):
     assert args.host == "127.0.0.1"
 
 
+@pytest.mark.parametrize("extra, says", [(["--max-streams", "-1"], "--max-streams"),
+                                         (["--max-stream-seconds", "0"], "--max-stream-seconds"),
+                                         (["--transcriber", "nowhere"], "task.transcriber")])
+def test_cli_serve_refuses_bad_stream_and_transcriber_options(qa_checkpoint, extra, says):
+    """Refused before the server starts, with the option named and no traceback."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "omniformer.cli", "serve", "--model", str(qa_checkpoint),
+                          "--port", "1", *extra], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # A trained model answers known ShapesWorld questions correctly
 # ---------------------------------------------------------------------------------------------
