@@ -231,10 +231,14 @@ def best_hypothesis(log_probs: Tensor, beam: int = 8, blank: int = 0, lexicon: L
     kept to the word list) but the frames' best path says something, that path: a misspelt
     transcript tells more than none."""
     found = prefix_beam_search(log_probs, beam=beam, blank=blank, lexicon=lexicon, space=space)
-    greedy = greedy_decode(log_probs, blank=blank)[0]
-    if (not found or not found[0].tokens) and greedy.tokens:
-        return greedy
-    return found[0] if found else greedy
+    return beam_or_best_path(found, greedy_decode(log_probs, blank=blank)[0])
+
+
+def beam_or_best_path(found: Sequence[Hypothesis], best_path: Hypothesis) -> Hypothesis:
+    """The beam's best, or the best path where the beam kept nothing that says anything."""
+    if (not found or not found[0].tokens) and best_path.tokens:
+        return best_path
+    return found[0] if found else best_path
 
 
 def to_text(tokens: Sequence[int], alphabet: Sequence[str]) -> str:

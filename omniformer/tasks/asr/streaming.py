@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ...data.audio import rms_dbfs
-from .decoding import Hypothesis, PrefixBeamSearch, to_text, word_timings
+from .decoding import Hypothesis, PrefixBeamSearch, beam_or_best_path, to_text, word_timings
 from .model import BLANK
 
 if TYPE_CHECKING:
@@ -317,10 +317,7 @@ class TranscriptStream:
     def _final_hypothesis(self) -> Hypothesis:
         if self.decoder == "greedy":
             return self.search.leader()
-        found = self.search.results()
-        if (not found or not found[0].tokens) and self.best_path.tokens:
-            return self.best_path.leader()  # as offline: where no prefix kept to the word list, the best path
-        return found[0]
+        return beam_or_best_path(self.search.results(), self.best_path.leader())  # as offline
 
     def _update(self) -> StreamUpdate:
         labels = self.asr.alphabet.labels
