@@ -9,7 +9,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from .attention import MultiHeadAttention
+from .attention import KVCache, MultiHeadAttention
 from .layers import FeedForward, LayerNorm
 
 
@@ -78,14 +78,19 @@ class DecoderBlock(nn.Module):
         self.mlp = FeedForward(width, mlp_hidden, activation, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None, mask: Tensor | None = None,
+                context_mask: Tensor | None = None, cache: tuple[KVCache, KVCache] | None = None) -> Tensor:
+        """``cache``: (self-attention, cross-attention) caches for incremental decoding; ``mask``
+        then covers every key, the cached ones first."""
+        own, cross = cache if cache is not None else (None, None)
         if self.pre_norm:
-            x = x + self.drop(self.attn(self.ln1(x), key_padding_mask=mask, causal=True))
-            x = x + self.drop(self.cross_attn(self.ln_cross(x), key_padding_mask=context_mask, context=context))
+            x = x + self.drop(self.attn(self.ln1(x), key_padding_mask=mask, causal=True, cache=own))
+            x = x + self.drop(self.cross_attn(self.ln_cross(x), key_padding_mask=context_mask, context=context,
+                                              cache=cross))
             return x + self.mlp(self.ln2(x))
-        x = self.ln1(x + self.drop(self.attn(x, key_padding_mask=mask, causal=True)))
-        x = self.ln_cross(x + self.drop(self.cross_attn(x, key_padding_mask=context_mask, context=context)))
+        x = self.ln1(x + self.drop(self.attn(x, key_padding_mask=mask, causal=True, cache=own)))
+        x = self.ln_cross(x + self.drop(self.cross_attn(x, key_padding_mask=context_mask, context=context,
+                                                        cache=cross)))
         return self.ln2(x + self.mlp(x))
 
 
@@ -101,12 +106,17 @@ class Decoder(nn.Module):
         )
         self.ln_f = LayerNorm(width, eps=eps) if norm == "pre" and depth > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
-        """x (B, T, W) targets; context (B, S, W); masks True = real token."""
-        for block in self.blocks:
-            x = block(x, context, mask, context_mask)
+    def forward(self, x: Tensor, context: Tensor | None, mask: Tensor | None = None,
+                context_mask: Tensor | None = None, cache: list[tuple[KVCache, KVCache]] | None = None) -> Tensor:
+        """x (B, T, W) targets; context (B, S, W); masks True = real token; ``cache`` one pair
+        per block (``new_cache()``) for incremental decoding."""
+        for i, block in enumerate(self.blocks):
+            x = block(x, context, mask, context_mask, None if cache is None else cache[i])
         return self.ln_f(x)
+
+    def new_cache(self) -> list[tuple[KVCache, KVCache]]:
+        """Empty (self-attention, cross-attention) caches, one pair per block."""
+        return [(KVCache(), KVCache()) for _ in self.blocks]
 
 
 def tower_kwargs(cfg, modality: str) -> dict:
