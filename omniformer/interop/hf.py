@@ -37,8 +37,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig, TowerConfig
-from ..train.checkpoint import CheckpointError
+from ..config import ConfigError, ModelConfig, TowerConfig
+from ..train.checkpoint import CheckpointError, read_json_file, read_safetensors
 
 KINDS = {"bert": "text", "roberta": "text", "clip_text": "text", "vit": "image", "clip_vision": "image",
          "whisper": "audio"}
@@ -56,24 +56,40 @@ class TowerImportError(CheckpointError):
 # ---------------------------------------------------------------------------------------------
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint folder (config.json, preprocessor_config.json...); anything
+    else, or a missing, damaged or git-lfs pointer file, is an error naming it."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise TowerImportError(f"cannot read {path}: {e}") from None
+        data = read_json_file(path)
+    except CheckpointError as e:
+        raise TowerImportError(str(e)) from None
+    if not isinstance(data, dict):
+        raise TowerImportError(f"{path}: expected a JSON object of settings, got {type(data).__name__}")
+    return data
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
     """All tensors of a checkpoint folder: safetensors (single or sharded) preferred, else a
-    ``pytorch_model.bin`` loaded with ``weights_only=True`` (no arbitrary unpickling)."""
-    from safetensors.torch import load_file
-    path = Path(path)
+    ``pytorch_model.bin`` loaded with ``weights_only=True`` (no arbitrary unpickling). A damaged
+    file (cut short, empty, a git-lfs pointer) is a TowerImportError naming it."""
+    try:
+        return _read_weights(Path(path))
+    except TowerImportError:
+        raise
+    except CheckpointError as e:
+        raise TowerImportError(str(e)) from None
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
     if (path / "model.safetensors").is_file():
-        return load_file(str(path / "model.safetensors"))
+        return read_safetensors(path / "model.safetensors")
     index = path / "model.safetensors.index.json"
     if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TowerImportError(f"{index}: expected a 'weight_map' of tensor names to shard files")
         out: dict[str, Tensor] = {}
-        for shard in sorted(set(read_json(index)["weight_map"].values())):
-            out.update(load_file(str(path / shard)))
+        for shard in sorted(set(weight_map.values())):
+            out.update(read_safetensors(path / shard))
         return out
     if (path / "pytorch_model.bin").is_file():
         try:
@@ -165,7 +181,10 @@ class ImportedTower:
             cfg.vocab_size = self.vocab_size
         if self.modality not in cfg.modalities:
             raise TowerImportError(f"{self.path}: a {self.modality} tower, but model.modalities is {cfg.modalities}")
-        sub.validate()
+        try:
+            sub.validate()
+        except ConfigError as e:
+            raise TowerImportError(f"{self.path}: the {self.kind} checkpoint gives model.{self.modality}.{e}") from None
         return cfg
 
     def load_into(self, model: nn.Module) -> None:
@@ -307,15 +326,32 @@ _VIT_LAYER = {"layer": "encoder.layer.{}.", "q": "attention.attention.query", "k
               "fc1": "intermediate.dense", "fc2": "output.dense", "ln2": "layernorm_after"}
 
 
-def _image_settings(c: dict, cls_token: bool, patch_bias: bool) -> dict:
-    return {"size": c["image_size"], "patch_size": c["patch_size"], "channels": c.get("num_channels", 3),
-            "stem": "patch", "positions": "learned", "cls_token": cls_token, "patch_bias": patch_bias}
+def _side(c: dict, key: str, where: str) -> int:
+    """``image_size`` or ``patch_size`` of a vision config as one side in pixels: an integer, or a
+    [height, width] pair of equal sides. The image tower takes square images and patches (one
+    ``model.image.size``), so a rectangle is refused, not squeezed."""
+    value = c[key]
+    if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
+        value = value[0]
+    if isinstance(value, (list, tuple)):
+        raise TowerImportError(f"{where}: config.json {key}={list(value)} is not square; omniformer's image "
+                               f"tower takes square images and patches (model.image.size, model.image.patch_size), "
+                               f"so this checkpoint cannot be imported as it is")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TowerImportError(f"{where}: config.json {key}={value!r}; expected a whole number of pixels >= 1")
+    return value
+
+
+def _image_settings(c: dict, cls_token: bool, patch_bias: bool, where: str) -> dict:
+    return {"size": _side(c, "image_size", where), "patch_size": _side(c, "patch_size", where),
+            "channels": c.get("num_channels", 3), "stem": "patch", "positions": "learned", "cls_token": cls_token,
+            "patch_bias": patch_bias}
 
 
 def _vit(kind: str, hf: dict, tensors: dict[str, Tensor], where: str, allow_missing: bool):
     src, out = _Source(tensors, _root(tensors, ["vit.", ""], "embeddings.cls_token", where), where, allow_missing), _Out()
-    W, p, C = hf["hidden_size"], hf["patch_size"], hf.get("num_channels", 3)
-    N = (hf["image_size"] // p) ** 2
+    W, p, C = hf["hidden_size"], _side(hf, "patch_size", where), hf.get("num_channels", 3)
+    N = (_side(hf, "image_size", where) // p) ** 2
     tower = _tower(hf, where, width="hidden_size", depth="num_hidden_layers", heads="num_attention_heads",
                    mlp="intermediate_size", act="hidden_act", norm="pre", eps=hf.get("layer_norm_eps", 1e-12),
                    final_ln=True, embed_ln=False)
@@ -329,15 +365,15 @@ def _vit(kind: str, hf: dict, tensors: dict[str, Tensor], where: str, allow_miss
     _blocks(src, out, "image", tower.depth, W, tower.mlp_hidden, _VIT_LAYER, qkv_bias=hf.get("qkv_bias", True))
     out.copy("towers.image.ln_f.weight", src, "layernorm.weight", W)
     out.copy("towers.image.ln_f.bias", src, "layernorm.bias", W)
-    return src, out, tower, _image_settings(hf, True, True), {}, 0, ["pooler.", "embeddings.mask_token"]
+    return src, out, tower, _image_settings(hf, True, True, where), {}, 0, ["pooler.", "embeddings.mask_token"]
 
 
 def _clip_vision(kind: str, hf: dict, tensors: dict[str, Tensor], where: str, allow_missing: bool):
     c = _sub_config(hf, "vision_config", ("clip_vision_model",), where)
     src, out = _Source(tensors, _root(tensors, ["vision_model.", ""], "embeddings.class_embedding", where),
                        where, allow_missing), _Out()
-    W, p, C = c["hidden_size"], c["patch_size"], c.get("num_channels", 3)
-    N = (c["image_size"] // p) ** 2
+    W, p, C = c["hidden_size"], _side(c, "patch_size", where), c.get("num_channels", 3)
+    N = (_side(c, "image_size", where) // p) ** 2
     tower = _tower(c, where, width="hidden_size", depth="num_hidden_layers", heads="num_attention_heads",
                    mlp="intermediate_size", act="hidden_act", norm="pre", eps=c.get("layer_norm_eps", 1e-5),
                    final_ln=True, embed_ln=True)
@@ -350,7 +386,7 @@ def _clip_vision(kind: str, hf: dict, tensors: dict[str, Tensor], where: str, al
     _blocks(src, out, "image", tower.depth, W, tower.mlp_hidden, _CLIP_LAYER)
     out.copy("towers.image.ln_f.weight", src, "post_layernorm.weight", W)
     out.copy("towers.image.ln_f.bias", src, "post_layernorm.bias", W)
-    return src, out, tower, _image_settings(c, True, False), {}, 0, []
+    return src, out, tower, _image_settings(c, True, False, where), {}, 0, []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,15 +431,30 @@ _IMPORTERS = {"bert": _bert, "roberta": _bert, "clip_text": _clip_text, "vit": _
 # ---------------------------------------------------------------------------------------------
 
 def _preprocessing(tower: ImportedTower, path: Path) -> None:
-    """Image mean/std and audio feature settings from ``preprocessor_config.json`` when present."""
+    """Image mean/std and audio feature settings from ``preprocessor_config.json`` when present.
+    An image tower of other than 3 channels needs it: the recipe's default mean/std are RGB's."""
     file = path / "preprocessor_config.json"
+    channels = tower.settings.get("channels", 3) if tower.modality == "image" else 3
     if not file.is_file():
+        if channels != 3:
+            example = json.dumps({"image_mean": [0.5] * channels, "image_std": [0.5] * channels})
+            raise TowerImportError(f"{path}: a {channels}-channel image tower (config.json num_channels={channels}) "
+                                   f"with no preprocessor_config.json to say how its pixels are normalised; "
+                                   f"add {file} with image_mean and image_std of {channels} value(s) each, "
+                                   f"e.g. {example}")
         return
     pre = read_json(file)
     if tower.modality == "image":
+        channels = tower.settings["channels"]
         for key in ("mean", "std"):
             if f"image_{key}" in pre:
-                tower.settings[key] = [float(x) for x in pre[f"image_{key}"]]
+                given = pre[f"image_{key}"]
+                given = [given] * channels if isinstance(given, (int, float)) else given
+                if not (isinstance(given, list) and len(given) == channels
+                        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in given)):
+                    raise TowerImportError(f"{file}: image_{key} {given!r}; expected {channels} numbers, one per "
+                                           f"channel (config.json num_channels={channels})")
+                tower.settings[key] = [float(x) for x in given]
     elif tower.modality == "audio":
         rate = int(pre.get("sampling_rate", 16000))
         if pre.get("feature_size", tower.settings["n_mels"]) != tower.settings["n_mels"]:
@@ -458,9 +509,16 @@ def import_tower(kind: str, path: str | Path, allow_unused: bool = False, allow_
     where = f"{kind} checkpoint {path}"
     try:
         src, out, tower, settings, capacity, vocab, heads = _IMPORTERS[kind](kind, hf, tensors, where, allow_missing)
+        tower.validate()
     except KeyError as e:
         raise TowerImportError(f"{where}: config.json lacks {e.args[0]!r}") from None
-    tower.validate()
+    except ConfigError as e:
+        raise TowerImportError(f"{where}: config.json gives a tower omniformer cannot build: {e}") from None
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise TowerImportError(f"{where}: config.json has a setting of the wrong type or value ({e}); "
+                               f"sizes and counts must be whole numbers >= 1") from None
     skipped, unused = [], []
     for name in sorted(tensors):
         if name in src.used:

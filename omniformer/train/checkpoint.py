@@ -34,6 +34,91 @@ class CheckpointError(ValueError):
     """A checkpoint folder is missing, incomplete or does not fit the model."""
 
 
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """What is wrong with a safetensors file, in words (None if its header and size agree): it is
+    missing, empty, a git-lfs pointer (a clone without LFS), cut short, or not safetensors at all."""
+    if not file.exists():
+        return "does not exist"
+    if file.is_dir():
+        return "is a directory, not a safetensors file"
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as f:
+            head = f.read(8)
+            if size == 0:
+                return "is empty (0 bytes): it was never written, or the disk was full"
+            if (head + f.read(len(LFS_POINTER) - len(head))).startswith(LFS_POINTER):
+                return ("is a git-lfs pointer, not the weights: the clone fetched no LFS files; "
+                        "run 'git lfs pull' in its repository")
+            f.seek(8)
+            if len(head) < 8:
+                return f"is cut short ({size} bytes; a safetensors file starts with an 8-byte header length)"
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                return (f"is cut short or not a safetensors file ({size} bytes, but its header says "
+                        f"{n:,} bytes of header follow)")
+            header = json.loads(f.read(n))
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "is damaged or not a safetensors file (its header is not JSON)"
+    if not isinstance(header, dict):
+        return "is damaged or not a safetensors file (its header is not a JSON object)"
+    end = max((int(t["data_offsets"][1]) for k, t in header.items()
+               if k != "__metadata__" and isinstance(t, dict) and len(t.get("data_offsets", ())) == 2), default=0)
+    if 8 + n + end > size:
+        return f"is cut short: {size:,} bytes of the {8 + n + end:,} its header describes"
+    return None
+
+
+def _safetensors_failed(file: Path, error: Exception) -> CheckpointError:
+    problem = _safetensors_problem(file) or f"is damaged or not a safetensors file ({error})"
+    return CheckpointError(f"{file} {problem}")
+
+
+def read_safetensors(file: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file. A missing, empty, cut-short or git-lfs pointer file is
+    a CheckpointError naming it and what is wrong, not safetensors' own message (which names no file);
+    every weights file of the project and of an imported checkpoint is read through here."""
+    file = Path(file)
+    problem = _safetensors_problem(file)
+    if problem:
+        raise CheckpointError(f"{file} {problem}")
+    try:
+        return load_file(str(file))
+    except Exception as e:  # SafetensorError (not a ValueError), or a bad dtype/shape in the header
+        raise _safetensors_failed(file, e) from None
+
+
+def safetensors_names(file: str | Path) -> list[str]:
+    """The tensor names of a safetensors file (its header only), checked as ``read_safetensors`` does."""
+    file = Path(file)
+    problem = _safetensors_problem(file)
+    if problem:
+        raise CheckpointError(f"{file} {problem}")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return list(f.keys())
+    except Exception as e:
+        raise _safetensors_failed(file, e) from None
+
+
+def read_safetensors_with_metadata(file: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, the header's ``__metadata__``) of a safetensors file, checked as ``read_safetensors`` does."""
+    file = Path(file)
+    problem = _safetensors_problem(file)
+    if problem:
+        raise CheckpointError(f"{file} {problem}")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:
+        raise _safetensors_failed(file, e) from None
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2))
 
@@ -133,18 +218,45 @@ def find_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"no checkpoint at {path}: expected {path / WEIGHTS}")
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    path = find_checkpoint(path)
+def read_json_file(file: str | Path) -> Any:
+    """A JSON file's content; missing, unreadable, not UTF-8 or not JSON is a CheckpointError naming it
+    (and the line and column of a syntax error)."""
+    file = Path(file)
+    if not file.exists():
+        raise CheckpointError(f"{file} does not exist")
+    if file.is_dir():
+        raise CheckpointError(f"{file} is a directory, not a JSON file")
     try:
-        return json.loads((path / CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {path}: cannot read {CONFIG}: {e}") from None
+        text = file.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise CheckpointError(f"{file}: cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{file}: not UTF-8 text (byte {e.start})") from None
+    if text.startswith(LFS_POINTER.decode()):
+        raise CheckpointError(f"{file} is a git-lfs pointer, not the file: run 'git lfs pull' in its repository")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's config.json: its task, recipe and labels."""
+    path = find_checkpoint(path)
+    if not (path / CONFIG).exists():
+        raise CheckpointError(f"checkpoint {path} has no {CONFIG} (its task and recipe): copy the whole folder")
+    meta = read_json_file(path / CONFIG)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path / CONFIG}: expected a JSON object with the checkpoint's task and config, "
+                              f"got {type(meta).__name__}")
+    if not isinstance(meta.get("config", {}), dict):
+        raise CheckpointError(f"{path / CONFIG}: 'config' must be a JSON object (the recipe)")
+    return meta
 
 
 def has_weights(path: str | Path, prefix: str) -> bool:
     """Whether the checkpoint holds any weight whose name starts with ``prefix`` (reads names only)."""
-    with safe_open(str(find_checkpoint(path) / WEIGHTS), framework="pt") as f:
-        return any(k.startswith(prefix) for k in f.keys())
+    return any(k.startswith(prefix) for k in safetensors_names(find_checkpoint(path) / WEIGHTS))
 
 
 def load_weights(path: str | Path, model: nn.Module, prefix: str = "", strict: bool = True,
@@ -153,7 +265,7 @@ def load_weights(path: str | Path, model: nn.Module, prefix: str = "", strict: b
     (for example the pretrained backbone into a QA model). ``skip``: model keys to leave as
     they are (a head's output layer of another size). Returns the keys left unloaded."""
     path = find_checkpoint(path)
-    state = load_file(str(path / WEIGHTS))
+    state = read_safetensors(path / WEIGHTS)
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
@@ -180,15 +292,16 @@ def load_optimizer(path: str | Path, optimizer: torch.optim.Optimizer) -> None:
     file = path / OPTIMIZER
     if not file.is_file():
         raise CheckpointError(f"checkpoint {path} has no optimizer state; it cannot be resumed")
-    with safe_open(str(file), framework="pt") as f:
-        meta = json.loads(f.metadata()["meta"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, metadata = read_safetensors_with_metadata(file)
+    try:
+        meta = json.loads(metadata["meta"])
+    except (KeyError, json.JSONDecodeError):
+        raise CheckpointError(f"{file}: its header holds no optimizer settings ('meta'); it cannot be resumed") from None
     optimizer.load_state_dict(_optimizer_state(tensors, meta))
 
 
 def read_trainer_state(path: str | Path) -> dict[str, Any]:
     path = find_checkpoint(path)
-    try:
-        return json.loads((path / TRAINER).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} has no {TRAINER}; it cannot be resumed") from None
+    if not (path / TRAINER).is_file():
+        raise CheckpointError(f"checkpoint {path} has no {TRAINER}; it cannot be resumed")
+    return read_json_file(path / TRAINER)

@@ -421,3 +421,97 @@ def test_compose_pretrained_towers_and_finetune_qa(tmp_path):
     answers = qa.ask(tmp_path / "img0.png", question="what color is the square?", top_k=3)
     assert len(answers) == 3 and {a for a, _ in answers} <= set(COLORS)
     assert qa.ask(tmp_path / "img1.png", audio=tmp_path / "q1.wav")
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged or unusual checkpoints: errors that name the file and what to do
+# ---------------------------------------------------------------------------------------------
+
+def _small_vit(tmp_path, **conf):
+    torch.manual_seed(0)
+    settings = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                    image_size=16, patch_size=4)
+    return _save(transformers.ViTModel(transformers.ViTConfig(**{**settings, **conf})), tmp_path)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("cut", r"model\.safetensors is cut short: [\d,]+ bytes of the [\d,]+ its header describes"),
+    ("empty", r"model\.safetensors is empty \(0 bytes\)"),
+    ("lfs", r"model\.safetensors is a git-lfs pointer.*run 'git lfs pull'"),
+])
+def test_a_damaged_weights_file_is_named_through_import(tmp_path, capsys, damage, expected):
+    from omniformer.cli import main
+    path = _small_bert(tmp_path / "bert")
+    weights = path / "model.safetensors"
+    if damage == "cut":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    else:
+        weights.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 12345\n")
+    with pytest.raises(TowerImportError, match=expected):
+        import_tower("bert", path)
+    assert main(["import", "--out", str(tmp_path / "out"), "--text", f"bert:{path}"]) == 2
+    err = capsys.readouterr().err
+    assert str(weights) in err and "Traceback" not in err and "SafetensorError" not in err
+
+
+def test_a_damaged_shard_and_config_are_named(tmp_path):
+    path = _small_bert(tmp_path)
+    weights = path / "model.safetensors"
+    weights.rename(path / "model-00001-of-00001.safetensors")
+    index = path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"x": "model-00001-of-00001.safetensors"}}))
+    shard = path / "model-00001-of-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(TowerImportError, match=r"model-00001-of-00001\.safetensors is cut short"):
+        import_tower("bert", path)
+    (path / "config.json").write_text('{"hidden_size": 16,')
+    with pytest.raises(TowerImportError, match=r"config\.json: not valid JSON: .* line 1, column"):
+        import_tower("bert", path)
+    (path / "config.json").write_text("[16, 2]")
+    with pytest.raises(TowerImportError, match=r"config\.json: expected a JSON object"):
+        import_tower("bert", path)
+
+
+def test_vit_image_size_as_a_pair(tmp_path):
+    """HF allows image_size [h, w]: a square pair imports; a rectangle is refused by name, since
+    the image tower takes one side (model.image.size)."""
+    square = import_tower("vit", _small_vit(tmp_path / "square", image_size=[16, 16], patch_size=[4, 4]))
+    assert square.settings["size"] == 16 and square.settings["patch_size"] == 4
+    cfg = ModelConfig(modalities=["image"], width=16, heads=2)
+    square.apply(cfg)
+    assert cfg.image.size == 16
+    path = _small_vit(tmp_path / "rect", image_size=[32, 48])
+    with pytest.raises(TowerImportError, match=r"image_size=\[32, 48\] is not square.*model\.image\.size"):
+        import_tower("vit", path)
+
+
+def test_a_one_channel_vit_asks_for_its_normalisation(tmp_path):
+    path = _small_vit(tmp_path, num_channels=1)
+    with pytest.raises(TowerImportError, match=r"1-channel image tower.*add .*preprocessor_config\.json with "
+                                               r"image_mean and image_std of 1 value"):
+        import_tower("vit", path)
+    (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5]}))
+    with pytest.raises(TowerImportError, match=r"preprocessor_config\.json: image_mean .*expected 1 numbers"):
+        import_tower("vit", path)
+    (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.4], "image_std": [0.2]}))
+    tower = import_tower("vit", path)
+    cfg = ModelConfig(modalities=["image"], width=16, heads=2)
+    tower.apply(cfg)
+    assert cfg.image.channels == 1 and cfg.image.mean == [0.4] and cfg.image.std == [0.2]
+    batch = {"image": torch.randn(2, 1, 16, 16), "image_mask": torch.tensor([True, True])}
+    ref = transformers.ViTModel.from_pretrained(path).eval()
+    with torch.no_grad():
+        expected = ref(pixel_values=batch["image"]).last_hidden_state
+    ours, mask = _ours(tower, batch)
+    _assert_close(ours, expected, mask)
+
+
+def test_a_config_value_of_the_wrong_type_is_named(tmp_path):
+    path = _small_vit(tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    config["patch_size"] = "four"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TowerImportError, match=r"patch_size='four'"):
+        import_tower("vit", path)
