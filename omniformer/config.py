@@ -12,7 +12,7 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -131,13 +131,71 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return obj
 
 
-def _validate_tree(obj: Any, where: str) -> None:
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config field may take: ``lo`` to ``hi`` (None: unbounded), each end
+    closed unless ``open`` says otherwise ("lo", "hi" or "both"). A config class declares one per
+    numeric field in ``RANGES``; for a list of numbers, every element is held to it."""
+    lo: float | None = None
+    hi: float | None = None
+    open: Literal["", "lo", "hi", "both"] = ""
+
+    def admits(self, value: float) -> bool:
+        lo_open, hi_open = self.open in ("lo", "both"), self.open in ("hi", "both")
+        if value != value:  # NaN
+            return False
+        if self.lo is not None and (value < self.lo or (lo_open and value == self.lo)):
+            return False
+        return not (self.hi is not None and (value > self.hi or (hi_open and value == self.hi)))
+
+    def __str__(self) -> str:
+        fmt = lambda x: f"{x:,}" if isinstance(x, int) and abs(x) >= 10_000 else f"{x:g}"  # noqa: E731
+        if self.hi is None:
+            return f"{'>' if self.open in ('lo', 'both') else '>='} {fmt(self.lo)}"
+        if self.lo is None:
+            return f"{'<' if self.open in ('hi', 'both') else '<='} {fmt(self.hi)}"
+        return (f"in {'(' if self.open in ('lo', 'both') else '['}{fmt(self.lo)}, "
+                f"{fmt(self.hi)}{')' if self.open in ('hi', 'both') else ']'}")
+
+
+def numeric_fields(cls: type) -> list[str]:
+    """The fields of config class ``cls`` that hold a number or a list of numbers."""
+    out = []
+    for name, hint in typing.get_type_hints(cls).items():
+        if name not in {f.name for f in dataclasses.fields(cls)}:
+            continue
+        if typing.get_origin(hint) in (list, tuple):
+            hint = (typing.get_args(hint) or (Any,))[0]
+        if hint in (int, float):
+            out.append(name)
+    return out
+
+
+def check_ranges(obj: Any) -> None:
+    """Hold each numeric field of a config to its class's ``RANGES``; the error names the key,
+    the value and the range, so a negative thread count or a vanishing MLP never reaches torch."""
+    for name, allowed in getattr(type(obj), "RANGES", {}).items():
+        value = getattr(obj, name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for i, v in enumerate(values):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not allowed.admits(v):
+                at = f"{name}[{i}]" if isinstance(value, (list, tuple)) else name
+                raise ConfigError(f"{at}: must be {allowed}, got {v}")
+
+
+def check_config(obj: Any) -> None:
+    """Check one config object as ``from_dict`` does: its ``RANGES``, then its ``validate``."""
+    check_ranges(obj)
     validate = getattr(obj, "validate", None)
     if validate is not None:
-        try:
-            validate()
-        except ConfigError as e:
-            raise ConfigError(f"{where}.{e}" if where else str(e)) from None
+        validate()
+
+
+def _validate_tree(obj: Any, where: str) -> None:
+    try:
+        check_config(obj)
+    except ConfigError as e:
+        raise ConfigError(f"{where}.{e}" if where else str(e)) from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -183,6 +241,16 @@ def require(cond: bool, msg: str) -> None:
 
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "relu"]
 
+# Bounds several configs share: a share in [0, 1), a loss weight, a layer count, a step count.
+DROPOUT = Range(0.0, 1.0, open="hi")
+SHARE = Range(0.0, 1.0)
+WEIGHT = Range(0.0, 1000.0)
+EPS = Range(0.0, 1.0, open="both")
+LAYERS = Range(0, 256)
+STEPS = Range(0, 10 ** 9)
+WIDTH = Range(1, 65536)
+HEADS = Range(1, 1024)
+
 
 @dataclass
 class TowerConfig:
@@ -200,11 +268,11 @@ class TowerConfig:
     final_ln: bool = True          # a LayerNorm after the blocks (pre-LN towers only)
     embed_ln: bool = True          # the embedder's LayerNorm (BERT, CLIP vision: yes; ViT, Whisper: no)
 
+    RANGES: ClassVar[dict[str, Range]] = {"width": WIDTH, "depth": LAYERS, "heads": HEADS,
+                                          "mlp_hidden": Range(1, 1 << 20), "layer_norm_eps": EPS}
+
     def validate(self) -> None:
-        require(self.width > 0 and self.heads > 0 and self.width % self.heads == 0,
-               f"width: must be a positive multiple of heads ({self.heads}), got {self.width}")
-        require(self.depth >= 0, f"depth: must be >= 0, got {self.depth}")
-        require(self.mlp_hidden >= 1, f"mlp_hidden: must be >= 1, got {self.mlp_hidden}")
+        require(self.width % self.heads == 0, f"width: must be a positive multiple of heads ({self.heads}), got {self.width}")
 
 
 @dataclass
@@ -214,8 +282,7 @@ class TextConfig:
     pad_id: int = 0                # the padding token id (RoBERTa: 1)
     tower: TowerConfig | None = None
 
-    def validate(self) -> None:
-        require(self.max_len >= 2, f"max_len: must be >= 2, got {self.max_len}")
+    RANGES: ClassVar[dict[str, Range]] = {"max_len": Range(2, 65536), "pad_id": Range(0, 10 ** 7)}
 
 
 @dataclass
@@ -243,13 +310,14 @@ class ImageConfig:
     drop_flat_patches: bool = False
     tower: TowerConfig | None = None
 
+    RANGES: ClassVar[dict[str, Range]] = {"size": Range(1, 8192), "channels": Range(1, 64),
+                                          "patch_size": Range(1, 8192), "mean": Range(-10.0, 10.0),
+                                          "std": Range(0.0, 100.0, open="lo")}
+
     def validate(self) -> None:
-        require(self.size >= 1, f"size: must be >= 1, got {self.size}")
-        require(self.patch_size >= 1 and self.size % self.patch_size == 0,
-               f"patch_size: must divide size ({self.size}), got {self.patch_size}")
+        require(self.size % self.patch_size == 0, f"patch_size: must divide size ({self.size}), got {self.patch_size}")
         require(len(self.mean) == self.channels and len(self.std) == self.channels,
-               f"mean/std: need {self.channels} values each")
-        require(all(s > 0 for s in self.std), f"std: must be > 0, got {self.std}")
+               f"mean/std: need {self.channels} values each (channels), got {len(self.mean)} and {len(self.std)}")
 
 
 @dataclass
@@ -269,11 +337,14 @@ class AudioConfig:
     stem: Literal["conv", "whisper"] = "conv"
     tower: TowerConfig | None = None
 
+    RANGES: ClassVar[dict[str, Range]] = {"sample_rate": Range(8000, 48000), "n_mels": Range(8, 256),
+                                          "win_ms": Range(1.0, 1000.0), "hop_ms": Range(0.0, 1000.0, open="lo"),
+                                          "max_seconds": Range(0.0, 3600.0, open="lo")}
+
     def validate(self) -> None:
-        require(8000 <= self.sample_rate <= 48000, f"sample_rate: must be 8000..48000 Hz, got {self.sample_rate}")
-        require(8 <= self.n_mels <= 256, f"n_mels: must be 8..256, got {self.n_mels}")
-        require(0 < self.hop_ms <= self.win_ms, f"hop_ms: must be in (0, win_ms], got {self.hop_ms}")
-        require(self.max_seconds > 0, f"max_seconds: must be > 0, got {self.max_seconds}")
+        require(self.hop_ms <= self.win_ms, f"hop_ms: must be in (0, win_ms={self.win_ms}], got {self.hop_ms}")
+        require(self.max_frames <= 1 << 20, f"max_seconds: {self.max_seconds} s of {self.hop_ms} ms frames is "
+                                            f"{self.max_frames:,} frames; at most {1 << 20:,}")
         require(self.stem != "whisper" or self.subsample == 2,
                f"subsample: the whisper stem subsamples by 2, got {self.subsample}")
 
@@ -306,14 +377,16 @@ class ModelConfig:
     # ``Config`` dataclass: {"sensor": {"channels": 3}} (omniformer.modalities.base.Modality.options).
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    RANGES: ClassVar[dict[str, Range]] = {"width": WIDTH, "depth": Range(1, 256), "tower_depth": LAYERS,
+                                          "heads": HEADS, "mlp_ratio": Range(0.0, 64.0, open="lo"),
+                                          "dropout": DROPOUT, "attn_dropout": DROPOUT, "layer_norm_eps": EPS,
+                                          "vocab_size": Range(0, 10 ** 7)}
+
     def validate(self) -> None:
-        require(self.width > 0 and self.heads > 0 and self.width % self.heads == 0,
-               f"width: must be a positive multiple of heads ({self.heads}), got {self.width}")
-        require(self.depth >= 1, f"depth: must be >= 1, got {self.depth}")
-        require(self.tower_depth >= 0, f"tower_depth: must be >= 0, got {self.tower_depth}")
-        require(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1), got {self.dropout}")
-        require(0.0 <= self.attn_dropout < 1.0, f"attn_dropout: must be in [0, 1), got {self.attn_dropout}")
-        require(self.mlp_ratio > 0, f"mlp_ratio: must be > 0, got {self.mlp_ratio}")
+        require(self.width % self.heads == 0, f"width: must be a positive multiple of heads ({self.heads}), got {self.width}")
+        require(int(self.width * self.mlp_ratio) >= 1,
+               f"mlp_ratio: {self.mlp_ratio} of width {self.width} leaves the MLP no hidden unit; "
+               f"must be >= {1 / self.width:g}")
         from .registry import get_modality, modality_names
         known = modality_names()
         bad = [m for m in self.modalities if m not in known]
@@ -345,13 +418,13 @@ class ObjectiveConfig:
     guided_matching: float = 0.0
     guided_glimpses: int = 1       # looks of that head at the image: QA's task.glimpses, which it starts
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        **{name: WEIGHT for name in ("mlm", "matching", "contrastive", "masked_patch", "word_spotting",
+                                     "guided_matching")},
+        "mlm_probability": Range(0.0, 1.0, open="both"), "masked_patch_probability": Range(0.0, 1.0, open="both"),
+        "guided_glimpses": Range(1, 64)}
+
     def validate(self) -> None:
-        for name in ("mlm", "matching", "contrastive", "masked_patch", "word_spotting", "guided_matching"):
-            require(getattr(self, name) >= 0, f"{name}: weight must be >= 0, got {getattr(self, name)}")
-        require(self.guided_glimpses >= 1, f"guided_glimpses: must be >= 1, got {self.guided_glimpses}")
-        require(0 < self.mlm_probability < 1, f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
-        require(0 < self.masked_patch_probability < 1,
-               f"masked_patch_probability: must be in (0, 1), got {self.masked_patch_probability}")
         require(self.mlm + self.matching + self.contrastive + self.masked_patch + self.guided_matching > 0,
                "objectives: at least one weight must be > 0")
 
@@ -384,20 +457,16 @@ class TrainConfig:
     # learning; mixing text with speech instead pads every text question to the speech length.
     bucket: Literal["length", "modality"] = "length"
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "steps": Range(1, 10 ** 9), "batch_size": Range(1, 1 << 20), "grad_accum": Range(1, 1 << 16),
+        "lr": Range(0.0, 10.0, open="lo"), "min_lr_ratio": SHARE, "weight_decay": Range(0.0, 10.0),
+        "betas": Range(0.0, 1.0, open="hi"), "warmup_steps": STEPS, "grad_clip": Range(0.0, 1e6),
+        "seed": Range(0, 2 ** 32 - 1), "workers": Range(0, 256), "eval_every": Range(1, 10 ** 9),
+        "eval_batches": STEPS, "save_every": Range(1, 10 ** 9), "log_every": Range(1, 10 ** 9),
+        "threads": Range(0, 1024)}
+
     def validate(self) -> None:
-        require(self.steps >= 1, f"steps: must be >= 1, got {self.steps}")
-        require(self.batch_size >= 1, f"batch_size: must be >= 1, got {self.batch_size}")
-        require(self.grad_accum >= 1, f"grad_accum: must be >= 1, got {self.grad_accum}")
-        require(self.lr > 0, f"lr: must be > 0, got {self.lr}")
-        require(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
-        require(self.weight_decay >= 0, f"weight_decay: must be >= 0, got {self.weight_decay}")
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-               f"betas: need two values in [0, 1), got {self.betas}")
-        require(self.warmup_steps >= 0, f"warmup_steps: must be >= 0, got {self.warmup_steps}")
-        require(self.grad_clip >= 0, f"grad_clip: must be >= 0, got {self.grad_clip}")
-        require(self.workers >= 0, f"workers: must be >= 0, got {self.workers}")
-        require(self.eval_every >= 1 and self.save_every >= 1 and self.log_every >= 1,
-               "eval_every/save_every/log_every: must be >= 1")
+        require(len(self.betas) == 2, f"betas: need two values in [0, 1), got {self.betas}")
 
 
 @dataclass
@@ -414,6 +483,8 @@ class DataConfig:
     # Training speech sped up or slowed down by a random factor in [low, high] (tempo and
     # pitch together, on the features); [] for none.
     speed_perturbation: list[float] = field(default_factory=lambda: [0.9, 1.1])
+
+    RANGES: ClassVar[dict[str, Range]] = {"vocab_size": Range(8, 10 ** 7), "speed_perturbation": Range(0.1, 10.0)}
 
     def validate(self) -> None:
         sp = self.speed_perturbation
@@ -435,8 +506,8 @@ class RunConfig:
     finetune: TrainConfig = field(default_factory=TrainConfig)
     # Fraction of the task's training labels used (the low-label experiment uses 0.1).
     label_fraction: float = 1.0
-    def validate(self) -> None:
-        require(0 < self.label_fraction <= 1, f"label_fraction: must be in (0, 1], got {self.label_fraction}")
+
+    RANGES: ClassVar[dict[str, Range]] = {"label_fraction": Range(0.0, 1.0, open="lo")}
 
 
 RECIPES = Path(__file__).parent / "configs"

@@ -68,7 +68,7 @@ def qa(*overrides):
 
 
 def test_curriculum_settings_are_checked():
-    with pytest.raises(ConfigError, match="task.curriculum.steps: must be >= 0"):
+    with pytest.raises(ConfigError, match=r"task.curriculum.steps: must be in \[0, 1,000,000,000\], got -1"):
         qa("--task.curriculum.steps=-1", "--task.curriculum.values=[shape]")
     with pytest.raises(ConfigError, match="task.curriculum.values: list the meta values"):
         qa("--task.curriculum.steps=10")
@@ -79,7 +79,7 @@ def test_curriculum_settings_are_checked():
 
 
 def test_grounding_is_checked():
-    with pytest.raises(ConfigError, match="task.grounding: must be >= 0"):
+    with pytest.raises(ConfigError, match=r"task.grounding: must be in \[0, 1000\], got -0.1"):
         qa("--task.grounding=-0.1")
     with pytest.raises(ConfigError, match="needs head=guided and relations=true"):
         qa("--task.grounding=0.2", "--task.head=guided")
@@ -87,7 +87,7 @@ def test_grounding_is_checked():
 
 
 def test_word_spotting_is_checked():
-    with pytest.raises(ConfigError, match="task.word_spotting: must be >= 0"):
+    with pytest.raises(ConfigError, match=r"task.word_spotting: must be in \[0, 1000\], got -1"):
         qa("--task.word_spotting=-1")
     with pytest.raises(ConfigError, match="spoken_question=words"):
         qa("--task.word_spotting=1.0", "--task.head=guided")
@@ -141,3 +141,85 @@ def test_speed_perturbation_range_and_audio_positions_are_checked():
         load_config(None, ["--model.audio.positions=relative"])
     cfg = load_config(None, ["--data.speed_perturbation=[]", "--model.audio.positions=none"])
     assert cfg.data.speed_perturbation == [] and cfg.model.audio.positions == "none"
+
+
+def _config_classes():
+    """Every config class of the recipe tree and of each task's section."""
+    import typing
+    from omniformer.config import TowerConfig
+    from omniformer.tasks.asr.config import ASRConfig
+    from omniformer.tasks.classify.config import ClassifyConfig
+    from omniformer.tasks.qa.config import Curriculum, QAConfig
+    seen, todo = [], [RunConfig, TowerConfig, QAConfig, Curriculum, ClassifyConfig, ASRConfig]
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.append(cls)
+        for hint in typing.get_type_hints(cls).values():
+            for t in (hint, *typing.get_args(hint)):
+                if dataclasses.is_dataclass(t):
+                    todo.append(t)
+    return seen
+
+
+def test_every_numeric_field_of_every_config_has_a_range():
+    from omniformer.config import numeric_fields
+    classes = _config_classes()
+    assert len(classes) >= 12
+    for cls in classes:
+        ranges = getattr(cls, "RANGES", {})
+        assert set(numeric_fields(cls)) == set(ranges), (
+            f"{cls.__name__}: numeric fields without a range: {set(numeric_fields(cls)) - set(ranges)}; "
+            f"ranges of no numeric field: {set(ranges) - set(numeric_fields(cls))}")
+
+
+def _outside(allowed, high: bool):
+    if high:
+        return None if allowed.hi is None else (allowed.hi if allowed.open in ("hi", "both") else allowed.hi * 2 + 1)
+    return None if allowed.lo is None else (allowed.lo if allowed.open in ("lo", "both") else allowed.lo - 1)
+
+
+def test_a_value_outside_any_range_is_named_with_the_value_and_range():
+    """Each numeric field of each config, just outside either end: the error names the key,
+    the value and the allowed range; the defaults, inside, all pass."""
+    import re
+    checked = 0
+    for cls in _config_classes():
+        from_dict(cls, {})  # the defaults are inside every range
+        hints = __import__("typing").get_type_hints(cls)
+        for name, allowed in cls.RANGES.items():
+            is_list = __import__("typing").get_origin(hints[name]) is list
+            for high in (False, True):
+                bad = _outside(allowed, high)
+                if bad is None:
+                    continue
+                with pytest.raises(ConfigError) as e:
+                    from_dict(cls, {name: [bad] if is_list else bad})
+                key = f"{name}[0]" if is_list else name
+                assert re.match(rf"{re.escape(key)}: must be {re.escape(str(allowed))}, got ", str(e.value)), str(e.value)
+                checked += 1
+    assert checked > 80
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--finetune.threads=-3", r"finetune.threads: must be in [0, 1024], got -3"),
+    ("--pretrain.threads=100000", r"pretrain.threads: must be in [0, 1024], got 100000"),
+    ("--model.mlp_ratio=0.001", "model.mlp_ratio: 0.001 of width 96 leaves the MLP no hidden unit; must be >= 0.0104167"),
+    ("--model.mlp_ratio=-1", "model.mlp_ratio: must be in (0, 64], got -1.0"),
+    ("--finetune.lr=nan", "finetune.lr: must be in (0, 10], got nan"),
+    ("--pretrain.seed=-1", "pretrain.seed: must be in [0, 4,294,967,295], got -1"),
+    ("--pretrain.betas=0.9,1.5", "pretrain.betas[1]: must be in [0, 1), got 1.5"),
+    ("--model.image.std=0.5,0,0.5", "model.image.std[1]: must be in (0, 100], got 0.0"),
+    ("--model.audio.max_seconds=1e9", "model.audio.max_seconds: must be in (0, 3600], got 1000000000.0"),
+    ("--task.beam=0", "task.beam: must be in [1, 256], got 0"),
+])
+def test_out_of_range_overrides_are_config_errors_on_the_command_line(capsys, override, expected):
+    """What a user types: exit 2 and one line naming the key, the value and the range, before
+    any data is made or model built (a negative thread count reached torch as a RuntimeError,
+    a vanishing mlp_ratio a ZeroDivisionError)."""
+    from omniformer.cli import main
+    task = "asr" if override.startswith("--task.beam") else "qa"
+    assert main(["train", task, override]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError, ModelConfig, TowerConfig
+from ..config import ConfigError, ModelConfig, TowerConfig, check_config
 from ..train.checkpoint import CheckpointError, read_json_file, read_safetensors
 
 KINDS = {"bert": "text", "roberta": "text", "clip_text": "text", "vit": "image", "clip_vision": "image",
@@ -182,7 +182,7 @@ class ImportedTower:
         if self.modality not in cfg.modalities:
             raise TowerImportError(f"{self.path}: a {self.modality} tower, but model.modalities is {cfg.modalities}")
         try:
-            sub.validate()
+            check_config(sub)
         except ConfigError as e:
             raise TowerImportError(f"{self.path}: the {self.kind} checkpoint gives model.{self.modality}.{e}") from None
         return cfg
@@ -509,7 +509,7 @@ def import_tower(kind: str, path: str | Path, allow_unused: bool = False, allow_
     where = f"{kind} checkpoint {path}"
     try:
         src, out, tower, settings, capacity, vocab, heads = _IMPORTERS[kind](kind, hf, tensors, where, allow_missing)
-        tower.validate()
+        check_config(tower)
     except KeyError as e:
         raise TowerImportError(f"{where}: config.json lacks {e.args[0]!r}") from None
     except ConfigError as e:

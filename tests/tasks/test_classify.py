@@ -306,7 +306,7 @@ def test_image_affine_augmentation_moves_training_images_only(tmp_path):
     assert moved[0, 0].tolist() == [255, 255, 255] and moved.min() < 128
     still = RandomAffine(lambda im: im).move(white)
     assert np.array_equal(np.asarray(still), np.asarray(white))
-    for section, pattern in [({"image_rotate": -1}, r"task.image_rotate: must be 0 to 180"),
+    for section, pattern in [({"image_rotate": -1}, r"task.image_rotate: must be in \[0, 180\], got -1"),
                              ({"image_translate": 1.0}, r"task.image_translate: must be in \[0, 1\)"),
                              ({"image_scale": [1.2, 0.8]}, r"task.image_scale: expected \[low, high\]")]:
         with pytest.raises(ConfigError, match=pattern):

@@ -3,9 +3,9 @@ the output alphabet, the decoder and how the result is scored."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-from ...config import ConfigError
+from ...config import DROPOUT, ConfigError, Range
 
 
 @dataclass
@@ -40,6 +40,8 @@ class ASRConfig:
     # {voice: [held0]}; evaluation still scores them.
     exclude_from_training: dict[str, list] = field(default_factory=dict)
 
+    RANGES: ClassVar[dict[str, Range]] = {"head_dropout": DROPOUT, "beam": Range(1, 256)}
+
     def validate(self) -> None:
         if not self.pairs:
             raise ConfigError("pairs: empty; expected [[recording field, transcript field], ...], e.g. [[audio, text]]")
@@ -48,10 +50,6 @@ class ASRConfig:
                 raise ConfigError(f"pairs[{i}]: expected [recording field, transcript field], got {pair!r}")
         if len(set(self.alphabet)) != len(self.alphabet):
             raise ConfigError(f"alphabet: lists a character twice: {self.alphabet!r}")
-        if not 0 <= self.head_dropout < 1:
-            raise ConfigError(f"head_dropout: must be in [0, 1), got {self.head_dropout}")
-        if not 1 <= self.beam <= 256:
-            raise ConfigError(f"beam: must be 1 to 256 prefixes, got {self.beam}")
         if isinstance(self.words, str) and self.words not in ("", "train"):
             raise ConfigError(f"words: expected 'train', a list of words or '' (any spelling), got {self.words!r}")
         if isinstance(self.words, list) and not all(isinstance(w, str) and w.strip() for w in self.words):

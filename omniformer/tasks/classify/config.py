@@ -3,9 +3,9 @@ how it is scored."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-from ...config import ConfigError
+from ...config import DROPOUT, ConfigError, Range
 from ...registry import modality_names
 
 
@@ -38,6 +38,11 @@ class ClassifyConfig:
     image_translate: float = 0.0
     image_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
 
+    RANGES: ClassVar[dict[str, Range]] = {"head_hidden": Range(0, 1 << 20), "head_dropout": DROPOUT,
+                                          "label_smoothing": DROPOUT, "val_fraction": DROPOUT,
+                                          "image_rotate": Range(0.0, 180.0), "image_translate": DROPOUT,
+                                          "image_scale": Range(0.0, 10.0, open="lo")}
+
     def validate(self) -> None:
         if len(set(self.inputs)) != len(self.inputs):
             raise ConfigError(f"inputs: lists a modality twice: {self.inputs}")
@@ -45,18 +50,6 @@ class ClassifyConfig:
         for i, m in enumerate(self.inputs):
             if m not in known:
                 raise ConfigError(f"inputs[{i}]: {m!r} is not one of the registered modalities {known}")
-        if self.head_hidden < 0:
-            raise ConfigError(f"head_hidden: must be >= 0 (0: twice the pooled width), got {self.head_hidden}")
-        if not 0 <= self.head_dropout < 1:
-            raise ConfigError(f"head_dropout: must be in [0, 1), got {self.head_dropout}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
-        if not 0 <= self.image_rotate <= 180:
-            raise ConfigError(f"image_rotate: must be 0 to 180 degrees, got {self.image_rotate}")
-        if not 0 <= self.image_translate < 1:
-            raise ConfigError(f"image_translate: must be in [0, 1) (a share of the side), got {self.image_translate}")
         if len(self.image_scale) != 2 or not 0 < self.image_scale[0] <= self.image_scale[1]:
             raise ConfigError(f"image_scale: expected [low, high] with 0 < low <= high, got {self.image_scale}")
         seen: set[str] = set()

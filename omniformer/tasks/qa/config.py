@@ -3,9 +3,9 @@ heard, its extra losses, a curriculum and the metric groups, all named by what t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-from ...config import ModelConfig, require
+from ...config import SHARE, STEPS, WEIGHT, ModelConfig, Range, require
 
 
 @dataclass
@@ -17,8 +17,9 @@ class Curriculum:
     values: list[str] = field(default_factory=list)
     steps: int = 0
 
+    RANGES: ClassVar[dict[str, Range]] = {"steps": STEPS}
+
     def validate(self) -> None:
-        require(self.steps >= 0, f"steps: must be >= 0, got {self.steps}")
         require(not self.steps or self.values, "values: list the meta values to start with (curriculum.steps is set)")
 
     def admits(self, sample: dict) -> bool:
@@ -53,13 +54,11 @@ class QAConfig:
     # (--task.transcriber=DIR); "" hears them as ``spoken_question`` says.
     transcriber: str = ""
 
+    RANGES: ClassVar[dict[str, Range]] = {"glimpses": Range(1, 64), "spoken_fraction": SHARE, "word_spotting": WEIGHT,
+                                          "spotter_overhears": SHARE, "grounding": WEIGHT}
+
     def validate(self) -> None:
-        require(self.glimpses >= 1, f"glimpses: must be >= 1, got {self.glimpses}")
         require(not self.relations or self.head == "guided", f"relations: needs head=guided, got head={self.head}")
-        require(0 <= self.spoken_fraction <= 1, f"spoken_fraction: must be in [0, 1], got {self.spoken_fraction}")
-        require(self.word_spotting >= 0, f"word_spotting: must be >= 0, got {self.word_spotting}")
-        require(0 <= self.spotter_overhears <= 1, f"spotter_overhears: must be in [0, 1], got {self.spotter_overhears}")
-        require(self.grounding >= 0, f"grounding: must be >= 0, got {self.grounding}")
         require(not self.grounding or (self.head == "guided" and self.relations),
                f"grounding: {self.grounding} trains the anchor relation's pointer: it needs head=guided and relations=true")
         require(not self.word_spotting or self.hears_words,
