@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -20,18 +21,51 @@ def _load(args, overrides: list[str], default: str | None = "quickstart"):
     return load_config(recipe_path(args.config or default), overrides)
 
 
-def _count(text: str) -> int:
-    """argparse type: a whole number >= 0."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return int(text)
+def _whole(lo: int, hi: int):
+    """argparse type: a whole number from ``lo`` to ``hi``; argparse's error names the option."""
+    def parse(text: str) -> int:
+        digits = text.strip().replace("_", "")
+        if not digits.isdigit() or not lo <= int(digits) <= hi:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {lo} and <= {hi:,}, got {text!r}")
+        return int(digits)
+    parse.__name__ = f"whole number {lo} to {hi}"
+    return parse
 
 
-def _positive(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
+_count = _whole(0, 256)                   # worker processes
+_threads = _whole(1, 1024)                # torch threads: a huge count crashes torch, not an error
+_top_k = _whole(1, 1_000_000)
+
+
+def _text(text: str) -> str:
+    """argparse type: text that is UTF-8 (a non-UTF-8 byte arrives from the shell as a lone
+    surrogate, which the tokenizer cannot take)."""
+    check_text(text, "")
+    return text
+
+
+def check_text(text: str, option: str) -> None:
+    """Refuse blank text, or text with bytes that are not UTF-8, naming the option (and the byte)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{option + ': ' if option else ''}empty; give the words")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start].encode("utf-8", "surrogateescape")
+        raise argparse.ArgumentTypeError(f"{option + ': ' if option else ''}not UTF-8 text: byte {bad!r} at "
+                                         f"character {e.start}; give the text in UTF-8") from None
+
+
+def _writable_file(path: str | None, option: str = "--json") -> None:
+    """Refuse an output file that cannot be written before the work whose result it holds, not after."""
+    if not path:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"{option}: {path} is a folder; give the file to write, e.g. {target / 'metrics.json'}")
+    parent = next((p for p in target.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise NotADirectoryError(f"{option}: {path}: {parent} is a file, not a folder")
 
 
 def _write_json(path: str | None, data) -> None:
@@ -182,11 +216,15 @@ def _checkpoint_config(model_dir: str, overrides: list[str]):
 
 def cmd_evaluate(args, overrides) -> int:
     from .registry import task_of_checkpoint
+    _writable_file(args.json)
+    asked = list(dict.fromkeys(w.strip() for w in args.asked.split(",") if w.strip()))
+    if not asked or any(w not in ("text", "audio") for w in asked):
+        raise ValueError(f"--asked: expected text, audio or both (text,audio), got {args.asked!r}")
     task = task_of_checkpoint(args.model)
     cfg = _checkpoint_config(args.model, overrides)
     extra = {}
     if task.name == "qa":
-        extra["asked"] = tuple(w for w in args.asked.split(",") if w)
+        extra["asked"] = tuple(asked)
     result = task.evaluate(args.model, args.manifest, args.split, device=args.device, workers=args.workers,
                            cfg=cfg if overrides else None, **extra)
     print(f"\n{args.model} ({task.name}) on {args.split}: {result.samples} samples, {result.seconds:.1f} s")
@@ -202,6 +240,12 @@ def cmd_predict(args, overrides) -> int:
                                      description=f"inputs of the {task.name} task")
     task.add_predict_arguments(parser)
     task_args = parser.parse_args(args.task_args)
+    for option, value in vars(task_args).items():  # text a task reads as words, not a path
+        if option in ("question", "text") and isinstance(value, str):
+            try:
+                check_text(value, f"--{option}")
+            except argparse.ArgumentTypeError as e:
+                parser.error(str(e))
     predictor = task.load(args.model, device=str(_device(args.device)))
     result = task.predict_from_args(predictor, task_args)
     if args.json:
@@ -238,7 +282,11 @@ def cmd_ask(args, overrides) -> int:
     if args.question is None and args.audio is None:
         raise ConfigError("ask: give --question TEXT or --audio WAV (or both)")
     predictor = QAPredictor.load(args.model)
-    answers = predictor.ask(args.image, question=args.question, audio=args.audio, top_k=args.top_k)
+    known = len(predictor.answers)
+    top_k = min(5, known) if args.top_k is None else args.top_k
+    if top_k > known:
+        raise ValueError(f"--top-k: expected 1 to {known} (the answers {args.model} knows), got {top_k}")
+    answers = predictor.ask(args.image, question=args.question, audio=args.audio, top_k=top_k)
     asked = args.question if args.question is not None else f"(spoken) {args.audio}"
     print(f"Q: {asked}")
     for answer, p in answers:
@@ -266,6 +314,7 @@ def cmd_transcribe(args, overrides) -> int:
 
 def cmd_quickstart(args, overrides) -> int:
     from .tasks.quickstart import run_quickstart
+    _writable_file(args.json)
     cfg = _load(args, overrides)
     summary = run_quickstart(cfg, resume=args.resume)
     _write_json(args.json, summary)
@@ -372,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asked", default="text,audio", help="qa: how to ask each question: text, audio or both (comma-separated)")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, mps...")
     p.add_argument("--workers", type=_count, default=2, help="processes that read and preprocess the samples")
-    p.add_argument("--threads", type=_positive, help="torch threads (default: torch's own)")
+    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: torch's own)")
     p.add_argument("--json", help="also write the metrics as JSON here (top-level keys named for the metric)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -380,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="The task's own inputs follow: 'omniformer predict --model DIR --help' lists them")
     p.add_argument("--model", required=True, help="checkpoint folder (its task is read from it)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, mps...")
-    p.add_argument("--threads", type=_positive, help="torch threads (default: torch's own)")
+    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: torch's own)")
     p.add_argument("--json", action="store_true", help="print the prediction as JSON")
     p.set_defaults(func=cmd_predict)
 
@@ -391,9 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ask", help="answer one question about an image, asked in text or speech")
     p.add_argument("--model", required=True, help="QA checkpoint folder")
     p.add_argument("--image", required=True)
-    p.add_argument("--question")
+    p.add_argument("--question", type=_text, help="the question in text (UTF-8)")
     p.add_argument("--audio", help="the question as a recording (WAV, FLAC, OGG)")
-    p.add_argument("--top-k", type=int, default=5, dest="top_k")
+    p.add_argument("--top-k", type=_top_k, dest="top_k",
+                   help="how many answers, 1 to the answers the model knows (default 5, or all if fewer)")
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("transcribe", help="transcribe recordings with a speech recognition (asr) checkpoint")
@@ -402,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON with each word's start and end in seconds")
     p.add_argument("--decoder", choices=["greedy", "beam"], help="default: the recipe's")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, mps...")
-    p.add_argument("--threads", type=_positive, help="torch threads (default: torch's own)")
+    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: torch's own)")
     p.set_defaults(func=cmd_transcribe)
 
     for extra in _extensions():
@@ -460,6 +510,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not the user's input: still one line, and the way to see more
+        if os.environ.get("OMNIFORMER_TRACEBACK"):
+            raise
+        print(f"omniformer {args.command}: error: {type(e).__name__}: {e}\n"
+              f"omniformer {args.command}: this is a bug in omniformer; please report it with the command "
+              f"(OMNIFORMER_TRACEBACK=1 shows where it happened)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -389,6 +389,7 @@ class ModelConfig:
                f"must be >= {1 / self.width:g}")
         from .registry import get_modality, modality_names
         known = modality_names()
+        require(bool(self.modalities), f"modalities: empty; name at least one of {known}")
         bad = [m for m in self.modalities if m not in known]
         require(not bad, f"modalities: unknown {bad}; known (omniformer.registry.MODALITIES): {known}")
         for m, source in self.towers_from.items():
@@ -582,12 +583,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder; give a YAML recipe")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}): a YAML recipe is expected") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
     if overrides:

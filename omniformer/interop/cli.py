@@ -5,12 +5,16 @@ import argparse
 
 
 def cmd_import(args, overrides) -> int:
+    from pathlib import Path
+
     from ..config import load_config, recipe_path
     from .hf import import_pretrained
     sources = {m: getattr(args, m) for m in ("text", "image", "audio") if getattr(args, m)}
     cfg = load_config(recipe_path(args.config or "from-pretrained"))
     if sources:  # the command line names the towers; the recipe's towers_from is ignored
         cfg.model.towers_from = sources
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise FileExistsError(f"--out: {args.out} is a file; give the folder to write the checkpoint into")
     out = import_pretrained(cfg, args.out, allow_unused=args.allow_unused, allow_missing=args.allow_missing)
     for m, source in cfg.model.towers_from.items():
         tower = getattr(cfg.model, m).tower
@@ -20,7 +24,11 @@ def cmd_import(args, overrides) -> int:
 
 
 def cmd_export(args, overrides) -> int:
+    from pathlib import Path
+
     from .onnx import export_checkpoint
+    if Path(args.out).is_dir():
+        raise IsADirectoryError(f"--out: {args.out} is a folder; give the file to write, e.g. {Path(args.out) / 'model.onnx'}")
     out = export_checkpoint(args.model, args.out, opset=args.opset)
     print(f"wrote {out} (and {out}.json)")
     return 0

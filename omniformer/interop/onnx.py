@@ -83,10 +83,21 @@ def example_inputs(cfg: ModelConfig, batch: int = 2, text_len: int | None = None
     return out
 
 
+def max_opset() -> int:
+    """The newest ONNX opset this torch can write (torch raises a RuntimeError past it)."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+        return int(ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):  # a torch that moved it: the newest known when this was written
+        return 23
+
+
 def export_graph(graph: ExportGraph, out: str | Path, opset: int = 17) -> Path:
     """Write ``graph`` as ONNX to ``out`` and its sidecar to ``out`` + ``.json``."""
-    if opset < 17:
-        raise ValueError(f"opset must be >= 17 (LayerNormalization), got {opset}")
+    newest = max_opset()
+    if not 17 <= opset <= newest:
+        raise ValueError(f"opset: must be 17 (LayerNormalization) to {newest} (the newest this torch writes), "
+                         f"got {opset}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     names = list(graph.inputs)

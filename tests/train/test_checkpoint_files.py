@@ -42,43 +42,10 @@ def damage(file: Path, how: str) -> None:
         file.write_bytes((20).to_bytes(8, "little") + b"{not json at all!!!}" + data[28:])
 
 
-def _tiny_cfg():
-    from omniformer.config import load_config
-    return load_config(None, ["--model.width=32", "--model.heads=2", "--model.depth=1", "--model.image.size=32",
-                              "--model.image.patch_size=8", "--model.audio.n_mels=40", "--model.audio.subsample=8",
-                              "--model.audio.max_seconds=2"])
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """Untrained QA and asr checkpoints (nothing here needs one that knows anything), a
-    resumable one with an optimizer, an image and a recording to feed them."""
-    import numpy as np
-    import soundfile as sf
-    from PIL import Image
-    from omniformer.data.text import Tokenizer
-    from omniformer.tasks.asr.config import ASRConfig
-    from omniformer.tasks.asr.data import Alphabet
-    from omniformer.tasks.asr.model import ASRModel
-    from omniformer.tasks.pipeline import meta_for
-    from omniformer.tasks.qa.model import QAModel, qa_config
-    root = tmp_path_factory.mktemp("checkpoints")
-    cfg = _tiny_cfg()
-    tokenizer = Tokenizer.train(["how many objects are there", "a red square left of a blue circle"], vocab_size=60)
-    cfg.model.vocab_size = tokenizer.vocab_size
-    qa = QAModel(cfg.model, 3, qa_config(cfg))
-    optimizer = torch.optim.AdamW(qa.parameters())
-    qa(dict(text=torch.ones(1, 4, dtype=torch.long), text_mask=torch.ones(1, 4, dtype=torch.bool),
-            index=torch.zeros(1, dtype=torch.long)))["logits"].sum().backward()
-    optimizer.step()
-    ckpt.save_checkpoint(root / "qa", qa, meta_for("qa", cfg, answers=["1", "2", "3"]), tokenizer=tokenizer,
-                         optimizer=optimizer, trainer={"step": 1})
-    alphabet = Alphabet("abc")
-    asr = ASRModel(cfg.model, len(alphabet), ASRConfig())
-    ckpt.save_checkpoint(root / "asr", asr, meta_for("asr", cfg, alphabet=alphabet.chars))
-    Image.new("RGB", (32, 32), "white").save(root / "image.png")
-    sf.write(root / "speech.wav", (0.3 * np.sin(np.arange(8000) / 5)).astype("float32"), 16000)
-    return {"qa": root / "qa", "asr": root / "asr", "image": root / "image.png", "audio": root / "speech.wav"}
+    from test_cli_errors import tiny_checkpoints  # tests/, on the path beside conftest.py
+    return tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"))
 
 
 def _copy(src: Path, dst: Path) -> Path:
