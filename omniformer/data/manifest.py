@@ -17,21 +17,32 @@ A sample carries any subset of these fields: the fields of the registered modali
 
 ``check_manifest`` validates every line and returns every problem with its line and field;
 ``read_manifest`` stops at structural problems (bad JSON, unknown fields) with the same detail.
+
+The file is UTF-8 (a byte-order mark at its start is allowed); blank lines are skipped, and
+line numbers count them. Media paths: a relative path is resolved against the manifest's
+folder and may leave it (``../clips/a.wav``), an absolute path is used as it is, symbolic links
+are followed. A manifest is the user's own file, trusted like a recipe: it may name any file its
+user can read (the server never opens a path a request names). ``media_problem`` says what is
+wrong with a media path before anything decodes it, the same for ``data check`` and training.
 """
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 if TYPE_CHECKING:
     from ..modalities.base import Modality
 
 CORE_FIELDS = ("id", "answer", "label", "split", "meta")  # the fields no modality carries
 SPLITS = ("train", "val", "test")
+T = TypeVar("T")
 
 
 def modality_fields() -> dict[str, "Modality"]:
@@ -55,8 +66,89 @@ class Problem:
     field: str
     message: str
 
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.field}: {self.message}"
+    def __str__(self) -> str:  # line 0: the file as a whole
+        return f"line {self.line}: {self.field}: {self.message}" if self.line else f"{self.field}: {self.message}"
+
+
+SHOWN_PATH = 80  # characters of a path a message shows
+
+
+def shown(path: str | Path) -> str:
+    """A path as a message shows it: whole, or its start and end when it is very long."""
+    text = str(path)
+    return text if len(text) <= SHOWN_PATH else f"{text[:40]}...{text[-30:]} ({len(text)} characters)"
+
+
+def media_problem(path: str | Path) -> str | None:
+    """What keeps ``path`` from being read as a media file, in words (None: a readable regular file).
+
+    It does not exist, is a broken symbolic link, a folder, a device or pipe (reading one could
+    block forever), unreadable, or its name holds a NUL byte or is too long for the file system.
+    Why: ``data check`` and training refuse the same files with the same words."""
+    path = str(path)
+    try:
+        info = os.stat(path)  # follows symbolic links
+    except ValueError:
+        return "the path holds a NUL byte"
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            return f"the path is too long for the file system ({len(path)} characters)"
+        if e.errno == errno.ENOENT and os.path.islink(path):
+            return f"is a broken symbolic link (to {shown(os.readlink(path))})"
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "does not exist"
+        if e.errno == errno.ELOOP:
+            return "is a loop of symbolic links"
+        return f"cannot be read: {e.strerror or e}"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a device, pipe or socket)"
+    if not os.access(path, os.R_OK):
+        return "cannot be read: permission denied"
+    return None
+
+
+class MediaError(ValueError):
+    """A sample's media file cannot be used (missing, unreadable, or it does not decode); the
+    message names the file and why."""
+
+
+def load_media(path: Path, decode: Callable[[Path], T]) -> T:
+    """``decode(path)`` once ``media_problem`` finds nothing wrong with ``path``; any failure is a
+    MediaError naming the file. ``data check`` and training both read media through here (with the
+    same decoders, ``load_image`` and ``load_audio``), so they agree on what is bad."""
+    why = media_problem(path)
+    if why is not None:
+        raise MediaError(f"{shown(path)} {why}")
+    try:
+        return decode(path)
+    except MediaError:
+        raise
+    except (ValueError, OSError) as e:  # ImageError and AudioError are ValueErrors
+        raise MediaError(shown(e) if str(path) not in str(e) else str(e).replace(str(path), shown(path))) from None
+
+
+def _manifest_file_problem(path: Path) -> str | None:
+    problem = media_problem(path)
+    return f"manifest {shown(path)} {problem}" if problem else None
+
+
+def _lines(path: Path) -> Iterable[tuple[int, str | None, Problem | None]]:
+    """(line number, text, None) for every non-blank line, or (line number, None, problem) for a
+    line that is not UTF-8. Read as bytes so that one bad line is reported, not the whole file."""
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a byte-order mark, as some editors write
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield line_no, None, Problem(line_no, "<encoding>", f"not UTF-8 text (byte {e.start + 1} of the "
+                                                                    f"line is 0x{raw[e.start]:02x})")
+                continue
+            if text.strip():
+                yield line_no, text, None
 
 
 def _structural_problems(line_no: int, raw: str, carriers: dict[str, "Modality"]) -> tuple[dict | None, list[Problem]]:
@@ -77,13 +169,15 @@ def _structural_problems(line_no: int, raw: str, carriers: dict[str, "Modality"]
         if value is None:
             continue
         if not isinstance(value, str):
-            problems.append(Problem(line_no, key, f"expected a string, got {json.dumps(value)}"))
+            problems.append(Problem(line_no, key, f"expected a string, got {shown(json.dumps(value))}"))
         elif key in texts and not value.strip():
             problems.append(Problem(line_no, key, "empty text"))
+        elif key in carriers and key not in texts and not value.strip():
+            problems.append(Problem(line_no, key, "empty path"))
     if "label" in sample and not isinstance(sample["label"], (str, int)):
-        problems.append(Problem(line_no, "label", f"expected a string or integer, got {json.dumps(sample['label'])}"))
+        problems.append(Problem(line_no, "label", f"expected a string or integer, got {shown(json.dumps(sample['label']))}"))
     if "split" in sample and sample["split"] not in SPLITS:
-        problems.append(Problem(line_no, "split", f"{sample['split']!r} is not one of {', '.join(SPLITS)}"))
+        problems.append(Problem(line_no, "split", f"{shown(repr(sample['split']))} is not one of {', '.join(SPLITS)}"))
     if "meta" in sample and not isinstance(sample["meta"], dict):
         problems.append(Problem(line_no, "meta", "expected a JSON object"))
     if not any(sample.get(k) is not None for k in carriers):
@@ -91,21 +185,30 @@ def _structural_problems(line_no: int, raw: str, carriers: dict[str, "Modality"]
     return sample, problems
 
 
-def read_manifest(path: str | Path) -> list[dict[str, Any]]:
-    """Read a manifest; raises ManifestError naming the file, line and field of the first problem."""
+def read_manifest_lines(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, sample) for every sample of a manifest; raises ManifestError naming the file,
+    line and field of the first problem, or saying that the manifest holds no sample."""
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"manifest {path} does not exist")
+    problem = _manifest_file_problem(path)
+    if problem:
+        raise ManifestError(problem)
     samples, carriers = [], modality_fields()
-    with path.open(encoding="utf-8") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            sample, problems = _structural_problems(line_no, raw, carriers)
+    try:
+        for line_no, raw, problem in _lines(path):
+            sample, problems = (None, [problem]) if problem else _structural_problems(line_no, raw, carriers)
             if problems:
                 raise ManifestError(f"{path}: {problems[0]}")
-            samples.append(sample)
+            samples.append((line_no, sample))
+    except OSError as e:
+        raise ManifestError(f"manifest {path} cannot be read: {e.strerror or e}") from None
+    if not samples:
+        raise ManifestError(f"{path}: no samples (the manifest is empty); one JSON object a line is expected")
     return samples
+
+
+def read_manifest(path: str | Path) -> list[dict[str, Any]]:
+    """Read a manifest; raises ManifestError naming the file, line and field of the first problem."""
+    return [sample for _, sample in read_manifest_lines(path)]
 
 
 def write_manifest(path: str | Path, samples: Iterable[dict[str, Any]]) -> Path:
@@ -136,25 +239,28 @@ def resolve(manifest_path: str | Path, relative: str) -> Path:
 def check_manifest(path: str | Path, decode: bool = True, sample_rate: int = 16000) -> tuple[int, list[Problem]]:
     """Validate every line; returns (number of samples, every problem found). Never stops early.
 
-    With ``decode``, each file of a modality with ``media`` is read by its ``check_file`` (audio
-    at ``sample_rate``)."""
+    Each media path must pass ``media_problem``; with ``decode``, each file of a modality with
+    ``media`` is then read by its ``check_file`` (audio at ``sample_rate``), the decoder training
+    uses. A manifest without any sample is a problem too."""
     from ..config import ModelConfig
 
     model = ModelConfig()
     model.audio.sample_rate = sample_rate
     carriers = modality_fields()
     path = Path(path)
-    if not path.is_file():
-        return 0, [Problem(0, "<file>", f"manifest {path} does not exist")]
+    problem = _manifest_file_problem(path)
+    if problem:
+        return 0, [Problem(0, "<file>", problem)]
     problems: list[Problem] = []
     seen_ids: dict[str, int] = {}
     decoded: dict[str, str | None] = {}  # media shared by many samples is decoded once
     count = 0
-    with path.open(encoding="utf-8") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
+    try:
+        for line_no, raw, problem in _lines(path):
             count += 1
+            if problem:
+                problems.append(problem)
+                continue
             sample, found = _structural_problems(line_no, raw, carriers)
             problems.extend(found)
             if sample is None:
@@ -162,26 +268,32 @@ def check_manifest(path: str | Path, decode: bool = True, sample_rate: int = 160
             sample_id = sample.get("id")
             if isinstance(sample_id, str):
                 if sample_id in seen_ids:
-                    problems.append(Problem(line_no, "id", f"duplicate id {sample_id!r} (first on line {seen_ids[sample_id]})"))
+                    problems.append(Problem(line_no, "id", f"duplicate id {shown(repr(sample_id))} "
+                                                           f"(first on line {seen_ids[sample_id]})"))
                 else:
                     seen_ids[sample_id] = line_no
             for key, modality in carriers.items():
                 rel = sample.get(key)
-                if not modality.files or not isinstance(rel, str):
+                if not modality.files or not isinstance(rel, str) or not rel.strip():
                     continue
                 media = resolve(path, rel)
-                if not media.is_file():
-                    problems.append(Problem(line_no, key, f"file {rel} does not exist"))
+                why = media_problem(media)
+                if why is not None:
+                    problems.append(Problem(line_no, key, f"file {shown(rel)} {why}"))
                     continue
                 if not decode or not modality.media:
                     continue
                 cache_key = f"{modality.name}:{media}"
                 if cache_key not in decoded:
                     try:
-                        modality.check_file(media, model)
+                        load_media(media, functools.partial(modality.check_file, model=model))
                         decoded[cache_key] = None
-                    except (ValueError, OSError) as e:  # ImageError and AudioError are ValueErrors
+                    except MediaError as e:
                         decoded[cache_key] = str(e)
                 if decoded[cache_key] is not None:
                     problems.append(Problem(line_no, key, decoded[cache_key]))
+    except OSError as e:
+        problems.append(Problem(0, "<file>", f"manifest {path} cannot be read: {e.strerror or e}"))
+    if count == 0:
+        problems.append(Problem(0, "<file>", "no samples (the manifest is empty); one JSON object a line is expected"))
     return count, problems
