@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from contextlib import asynccontextmanager
@@ -268,6 +269,23 @@ def default_torch_threads() -> int:
 # The app
 # ---------------------------------------------------------------------------------------------
 
+def check_limits(**limits: Any) -> None:
+    """Refuse a limit no request could meet (``max_upload_bytes=-1`` would refuse every upload),
+    naming it and what it may be, before the model is loaded."""
+    for name, value in limits.items():
+        if value is None and name in ("max_audio_seconds", "max_stream_seconds"):
+            continue
+        if name in ("max_wait_ms", "max_audio_seconds", "max_stream_seconds"):
+            low, ok = (0.0, "0 or more") if name == "max_wait_ms" else (None, "a positive number")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or (value < 0 if low is not None else value <= 0):
+                raise ValueError(f"{name}: expected {ok} (finite), got {value!r}")
+            continue
+        low = 0 if name == "max_streams" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}: expected a whole number of at least {low}, got {value!r}")
+
+
 def create_app(model_dir: str | Path, *, max_batch: int = 32, max_wait_ms: float = 5.0,
                max_upload_bytes: int = 10 * 2 ** 20, max_pixels: int = 16_000_000,
                max_audio_seconds: float | None = None, examples_manifest: str | Path | None = None,
@@ -283,6 +301,9 @@ def create_app(model_dir: str | Path, *, max_batch: int = 32, max_wait_ms: float
     (process-wide) intra-op threads; ``omniformer serve`` passes ``default_torch_threads()``.
     ``predictor``: an already loaded one (of the checkpoint's task) instead of ``model_dir``.
     """
+    check_limits(max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_batch=max_batch, max_queue=max_queue,
+                 decode_threads=decode_threads, max_streams=max_streams, max_wait_ms=max_wait_ms,
+                 max_audio_seconds=max_audio_seconds, max_stream_seconds=max_stream_seconds)
     if torch_threads:  # process-wide, so only when asked (the CLI passes default_torch_threads())
         torch.set_num_threads(torch_threads)
     task = task_of_checkpoint(model_dir) if predictor is None else get_task(getattr(predictor, "task", "qa"))

@@ -2,10 +2,34 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 
 WS_MAX_BYTES = 512 * 1024
+
+# Every numeric option's allowed range (inclusive) and how it is named in the message; None: not set.
+OPTION_RANGES = {"port": (0, 65535, "0 (any free port) to 65535"),
+                 "max_batch": (1, 4096, "1 to 4096"),
+                 "max_wait_ms": (0.0, 10_000.0, "0 to 10000 ms"),
+                 "max_upload_mb": (0.001, 4096.0, "0.001 to 4096 MiB"),
+                 "max_pixels": (1, 1_000_000_000, "1 to 1,000,000,000"),
+                 "max_audio_seconds": (0.05, 86_400.0, "0.05 to 86400 s"),
+                 "max_streams": (0, 1024, "0 (no live streams) to 1024"),
+                 "max_stream_seconds": (1.0, 86_400.0, "1 to 86400 s"),
+                 "threads": (1, 1024, "1 to 1024")}
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse an out-of-range ``serve`` option before anything is loaded, naming it and its range."""
+    for name, (low, high, allowed) in OPTION_RANGES.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"--{name.replace('_', '-')}: expected {allowed}, got {value}")
+    if not args.host.strip():
+        raise ValueError("--host: expected an address to listen on (e.g. 127.0.0.1 or 0.0.0.0), got ''")
 
 
 def default_examples(model_dir: str | Path) -> Path | None:
@@ -24,11 +48,8 @@ def cmd_serve(args, overrides) -> int:
     import uvicorn
 
     from .app import create_app, default_torch_threads
+    check_options(args)
     examples = None if args.no_examples else (Path(args.examples) if args.examples else default_examples(args.model))
-    if args.max_streams < 0:
-        raise ValueError(f"--max-streams: expected 0 (no live streams) or more, got {args.max_streams}")
-    if args.max_stream_seconds is not None and not args.max_stream_seconds > 0:
-        raise ValueError(f"--max-stream-seconds: expected a positive number, got {args.max_stream_seconds}")
     if args.examples and not examples.is_file():
         raise FileNotFoundError(f"--examples: {examples} does not exist")
     predictor = None

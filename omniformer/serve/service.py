@@ -17,6 +17,14 @@ from .uploads import ApiError
 
 log = logging.getLogger(__name__)
 
+WARM_UP_SECONDS = 1.0
+
+
+def warm_up_seconds(*limits: float | None) -> float:
+    """How long the warm-up recording is: 1 s, or less where the server's limit or the model's
+    ``audio.max_seconds`` is shorter, so a server allowing 0.5 s still starts."""
+    return min([WARM_UP_SECONDS, *(float(x) for x in limits if x)])
+
 
 class BatchedService:
     """A predictor behind the server: ``decode`` runs request decoding off the event loop,

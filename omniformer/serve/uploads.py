@@ -25,6 +25,12 @@ from ..data.audio import AudioError, load_audio
 from ..data.image import ImageError, load_image
 
 DEFAULT_TOP_K = 5
+MAX_TEXT_FIELD_BYTES = 64 * 1024   # one multipart text field (a question, top_k, ...)
+MAX_JSON_DEPTH = 32                # nesting of a JSON body: the documented ones are 1 deep
+# Multipart parts are parsed up to this size (the route's body cap bounds them first), so that a
+# text field over MAX_TEXT_FIELD_BYTES is refused by name rather than by the parser, which
+# does not say which part it was.
+_PARSE_PART_BYTES = 2 ** 31
 
 
 class ApiError(Exception):
@@ -258,27 +264,30 @@ def check_top_k(value: Any, n: int, default: int = DEFAULT_TOP_K) -> int:
 
 
 async def read_form(request: Request, files: tuple[str, ...], texts: tuple[str, ...],
-                    max_part_size: int = 64 * 1024) -> dict[str, Any]:
+                    max_text_bytes: int = MAX_TEXT_FIELD_BYTES) -> dict[str, Any]:
     """The named fields of a multipart body: ``files`` as bytes, ``texts`` as str, absent ones None.
-    A file sent where text belongs, or text where a file belongs, is a 422 naming the field."""
+    A file sent where text belongs, or text where a file belongs, is a 422 naming the field; a
+    text field over ``max_text_bytes`` a 413 naming it and the limit."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type", f"body: expected multipart/form-data with fields "
                                                       f"{', '.join(files + texts)} (or POST JSON to {request.url.path}.json)")
     try:
-        form = await request.form(max_files=len(files) + 2, max_fields=len(texts) + 6, max_part_size=max_part_size)
+        form = await request.form(max_files=len(files) + 2, max_fields=len(texts) + 6,
+                                  max_part_size=_PARSE_PART_BYTES)
     except PayloadTooLarge:
         raise
     except ClientDisconnect:  # nobody is left to answer; counted, not logged as a server error
         raise ApiError(400, "client_disconnected", "body: the client disconnected during the upload") from None
     except StarletteHTTPException as e:
-        detail = str(e.detail)
-        if "Part exceeded maximum size" in detail:
-            raise ApiError(413, "field_too_large", f"body: a text field is over {max_part_size // 1024} KiB; "
-                                                   f"fields {', '.join(texts)} are short text") from None
-        raise ApiError(400, "invalid_body", f"body: malformed multipart/form-data ({detail})") from None
+        raise ApiError(400, "invalid_body", f"body: malformed multipart/form-data ({e.detail})") from None
     try:
         out: dict[str, Any] = {}
+        for name, value in form.multi_items():
+            if isinstance(value, str) and len(value.encode("utf-8", "surrogatepass")) > max_text_bytes:
+                size = len(value.encode("utf-8", "surrogatepass"))
+                raise ApiError(413, "field_too_large", f"{name}: {size} bytes; a text field may have at most "
+                                                       f"{max_text_bytes} bytes ({max_text_bytes // 1024} KiB)", name)
         for name in files:
             value = form.get(name)
             if value is None:
@@ -297,6 +306,21 @@ async def read_form(request: Request, files: tuple[str, ...], texts: tuple[str, 
     return out
 
 
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (a scalar is 0), without recursion."""
+    depth, level = 0, [(value, 1)]
+    while level:
+        item, d = level.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        depth = max(depth, d)
+        if d > MAX_JSON_DEPTH:  # far enough to refuse: no need to walk the rest
+            return d
+        level.extend((child, d + 1) for child in children)
+    return depth
+
+
 async def read_json(request: Request) -> dict[str, Any]:
     """A JSON object body; anything else is a 4xx saying what was expected."""
     content_type = request.headers.get("content-type", "")
@@ -306,12 +330,16 @@ async def read_json(request: Request) -> dict[str, Any]:
         raw = await request.body()
     except ClientDisconnect:
         raise ApiError(400, "client_disconnected", "body: the client disconnected during the upload") from None
+    too_deep = ApiError(400, "invalid_body", f"body: JSON nested too deeply; at most {MAX_JSON_DEPTH} levels "
+                                             f"of arrays and objects")
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, "invalid_body", f"body: not valid JSON ({e})") from None
-    except RecursionError:
-        raise ApiError(400, "invalid_body", "body: JSON nested too deeply") from None
+    except RecursionError:  # deeper than Python's recursion limit
+        raise too_deep from None
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise too_deep
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_body", f"body: expected a JSON object, got {type(data).__name__}")
     return data

@@ -395,6 +395,40 @@ def test_json_errors(client):
                 "unsupported_media_type", "json")
 
 
+def test_a_text_field_over_64kb_is_named(client):
+    """It was a 400 that named no field."""
+    error = check_error(ask(client, png_bytes(), "why " * 20_000), 413, "field_too_large", "question", "65536 bytes")
+    assert error["field"] == "question"
+
+
+def test_json_nested_deeply_is_a_400(client):
+    """100,000 levels of nesting was a 500 (RecursionError); 33 levels is refused by the same rule."""
+    for depth in (100_000, 33):
+        body = b'{"image": ' + b"[" * depth + b"]" * depth + b', "question": "what?"}'
+        check_error(client.post("/v1/answer.json", content=body, headers={"content-type": "application/json"}),
+                    400, "invalid_body", "nested too deeply")
+    body = b'{"image": ' + b"[" * 5 + b"]" * 5 + b', "question": "what?"}'  # shallow: the field's own error
+    check_error(client.post("/v1/answer.json", content=body, headers={"content-type": "application/json"}),
+                422, "invalid_field", "image")
+
+
+def test_limits_no_request_could_meet_are_refused_before_loading(qa_checkpoint):
+    for limit in ({"max_upload_bytes": -1}, {"max_batch": 0}, {"max_wait_ms": float("nan")},
+                  {"max_audio_seconds": 0}, {"max_streams": -1}):
+        name = next(iter(limit))
+        with pytest.raises(ValueError, match=name):
+            create_app(qa_checkpoint, **limit)
+
+
+def test_an_audio_limit_under_a_second_still_starts(qa_checkpoint):
+    """The warm-up sent 1 s of audio, so a server limited to 0.5 s failed to start."""
+    app = create_app(qa_checkpoint, max_audio_seconds=0.5)
+    with TestClient(app) as c:
+        assert c.get("/readyz").status_code == 200
+        check_answer_shape(ask(c, png_bytes(), audio=wav_bytes(0.4)).json(), asked_by="voice")
+        check_error(ask(c, png_bytes(), audio=wav_bytes(1.0)), 413, "audio_too_long", "audio", "0.5 s")
+
+
 def test_unknown_routes_and_methods(client):
     check_error(client.get("/nope"), 404, "not_found", "/nope")
     check_error(client.get("/v1/answer"), 405, "method_not_allowed")
@@ -527,7 +561,12 @@ def test_cli_has_serve(qa_checkpoint):
 
 @pytest.mark.parametrize("extra, says", [(["--max-streams", "-1"], "--max-streams"),
                                          (["--max-stream-seconds", "0"], "--max-stream-seconds"),
-                                         (["--transcriber", "nowhere"], "task.transcriber")])
+                                         (["--transcriber", "nowhere"], "task.transcriber"),
+                                         (["--port", "70000"], "--port: expected 0 (any free port) to 65535"),
+                                         (["--max-upload-mb", "-1"], "--max-upload-mb"),
+                                         (["--max-wait-ms", "nan"], "--max-wait-ms"),
+                                         (["--max-audio-seconds", "0"], "--max-audio-seconds"),
+                                         (["--host", " "], "--host")])
 def test_cli_serve_refuses_bad_stream_and_transcriber_options(qa_checkpoint, extra, says):
     """Refused before the server starts, with the option named and no traceback."""
     import subprocess

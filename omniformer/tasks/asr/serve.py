@@ -31,7 +31,7 @@ import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 
 from ...data.audio import AudioError
-from ...serve.service import BatchedService
+from ...serve.service import BatchedService, warm_up_seconds
 from ...serve.uploads import ERROR_RESPONSES, ApiError, MediaDecoder, b64, check_upload, read_form, read_json
 from ..base import ServeLimits
 from .predictor import MAX_SECONDS, Transcript, Transcriber
@@ -88,7 +88,15 @@ class ASRService(BatchedService):
         self.stream_pool: ThreadPoolExecutor | None = None  # live streams' model steps, one at a time
         self.max_streams = int(limits.max_streams)
         self.max_stream_seconds = float(limits.max_stream_seconds or MAX_SECONDS)
-        self.stream_settings = StreamSettings().resolved(model.audio.max_seconds)
+        # A model too short-sighted for the stream's look-back still serves uploads; its streams
+        # are refused with the reason.
+        try:
+            self.stream_settings: StreamSettings | None = StreamSettings().resolved(model.audio.max_seconds)
+            self.stream_unavailable = None
+        except ValueError as e:
+            self.stream_settings = None
+            self.stream_unavailable = (f"live transcription is unavailable for this model ({e}); "
+                                       f"POST /v1/transcribe instead")
         self.streams = 0
         self.idle_seconds = STREAM_IDLE_SECONDS
         if metrics is not None:
@@ -101,8 +109,10 @@ class ASRService(BatchedService):
 
     async def warm_up(self) -> None:
         # a tone, not silence: a silent recording never reaches the model
-        rate = self.predictor.cfg.model.audio.sample_rate
-        tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
+        model = self.predictor.cfg.model
+        rate = model.audio.sample_rate
+        samples = int(rate * warm_up_seconds(self.max_audio_seconds, model.audio.max_seconds))
+        tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(samples) / rate)).astype(np.float32)
         await self.infer({"index": 0, "audio": self.predictor.audio.features(tone)}, 1)
 
     async def stop(self) -> None:
@@ -118,8 +128,10 @@ class ASRService(BatchedService):
                 "decoder": self.predictor.task_config.decoder, "audio_sample_rate": model.audio.sample_rate,
                 "max_audio_seconds": self.max_audio_seconds, "max_upload_bytes": self.limits.max_upload_bytes,
                 "stream": {"route": "/v1/transcribe/stream", "max_streams": self.max_streams,
-                           "max_seconds": self.max_stream_seconds, "step_seconds": self.stream_settings.step_seconds,
-                           "lookahead_seconds": self.stream_settings.lookahead_seconds,
+                           "max_seconds": self.max_stream_seconds,
+                           "step_seconds": getattr(self.stream_settings, "step_seconds", None),
+                           "lookahead_seconds": getattr(self.stream_settings, "lookahead_seconds", None),
+                           "unavailable": self.stream_unavailable,
                            "sample_rates": list(STREAM_RATES), "max_message_bytes": MAX_MESSAGE_BYTES}}
 
     def _prepare(self, data: bytes) -> list[tuple[float, dict[str, Any] | None, float]]:
@@ -181,6 +193,8 @@ class ASRService(BatchedService):
         if self.max_streams == 0:
             return await self._refuse(ws, StreamError(1013, "overloaded", "live transcription is off on this server "
                                                                           "(--max-streams 0); POST /v1/transcribe instead"))
+        if self.stream_unavailable is not None:
+            return await self._refuse(ws, StreamError(1013, "unavailable", self.stream_unavailable))
         if self.streams >= self.max_streams:
             return await self._refuse(ws, StreamError(1013, "overloaded", f"all {self.max_streams} live streams "
                                                                           f"are in use; try again shortly"))
@@ -248,7 +262,7 @@ class ASRService(BatchedService):
             elif text is not None:
                 try:
                     kind = json.loads(text).get("type") if text.strip().startswith("{") else text.strip()
-                except (ValueError, AttributeError):
+                except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, nested past reason
                     kind = None
                 if kind != "end":
                     raise StreamError(1003, "invalid_message", 'text message: expected {"type": "end"} (audio goes '

@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request
 from ...data.audio import AudioError
 from ...data.image import ImageError
 from ...registry import get_modality
-from ...serve.service import BatchedService
+from ...serve.service import BatchedService, warm_up_seconds
 from ...serve.uploads import (ERROR_RESPONSES, ApiError, MediaDecoder, b64, blank_png, check_text, check_top_k,
                               check_upload, read_form, read_json, silent_wav)
 from ..base import ServeLimits
@@ -96,7 +96,8 @@ class ClassifyService(BatchedService):
     async def warm_up(self) -> None:
         """With the built-in inputs the model reads (none: no warm-up)."""
         model = self.predictor.cfg.model
-        warm = {"image": blank_png(model.image.size), "audio": silent_wav(1.0, model.audio.sample_rate),
+        seconds = warm_up_seconds(self.max_audio_seconds, model.audio.max_seconds)
+        warm = {"image": blank_png(model.image.size), "audio": silent_wav(seconds, model.audio.sample_rate),
                 "text": "warm up"}
         values = {m: v for m, v in warm.items() if m in self.inputs}
         if values:

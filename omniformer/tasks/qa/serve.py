@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ...data.audio import AudioError
 from ...data.image import ImageError
 from ...serve.metrics import ServerMetrics
-from ...serve.service import BatchedService
+from ...serve.service import BatchedService, warm_up_seconds
 from ..base import ServeLimits
 from ...serve.uploads import (DEFAULT_TOP_K, ERROR_RESPONSES, ApiError, MediaDecoder, b64, blank_png,
                               check_text, check_top_k, check_upload, pydantic_message, read_form, read_json,
@@ -78,7 +78,8 @@ class QAService(BatchedService):
     async def warm_up(self) -> None:
         # Both ways of asking, since audio has its own tower.
         size = self.predictor.cfg.model.image.size
-        image, audio = blank_png(size), silent_wav(min(1.0, self.max_audio_seconds), self.sample_rate)
+        seconds = warm_up_seconds(self.max_audio_seconds, self.predictor.cfg.model.audio.max_seconds)
+        image, audio = blank_png(size), silent_wav(seconds, self.sample_rate)
         for wave in (audio, None):  # straight to decode and model: the upload limits are for clients
             item, _ = await self.decode(self._prepare, image, "what is this?", wave)
             await self.infer(item, 1)
