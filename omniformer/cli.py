@@ -15,7 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .config import RECIPES, ConfigError, load_config, recipe_path
+from .config import RECIPES, ConfigError, DataConfig, load_config, recipe_path
 
 def _load(args, overrides: list[str], default: str | None = "quickstart"):
     return load_config(recipe_path(args.config or default), overrides)
@@ -381,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("tokenizer", help="train a WordPiece tokenizer on a manifest's text")
     p.add_argument("manifest")
     p.add_argument("--out", required=True, help="tokenizer.json path or folder")
-    p.add_argument("--vocab-size", type=int, default=1000, dest="vocab_size")
+    vocab = DataConfig.RANGES["vocab_size"]
+    p.add_argument("--vocab-size", type=_whole(vocab.lo, vocab.hi), default=1000, dest="vocab_size",
+                   help=f"tokens, {vocab.lo} to {vocab.hi:,} (default 1000)")
     p.set_defaults(func=cmd_data_tokenizer)
 
     from .registry import task_names

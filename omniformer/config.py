@@ -485,7 +485,9 @@ class DataConfig:
     # pitch together, on the features); [] for none.
     speed_perturbation: list[float] = field(default_factory=lambda: [0.9, 1.1])
 
-    RANGES: ClassVar[dict[str, Range]] = {"vocab_size": Range(8, 10 ** 7), "speed_perturbation": Range(0.1, 10.0)}
+    # vocab_size: more than the 5 special tokens; a million is past any real vocabulary (and far
+    # past that the tokenizer's trainer aborts the process, out of memory).
+    RANGES: ClassVar[dict[str, Range]] = {"vocab_size": Range(6, 1_000_000), "speed_perturbation": Range(0.1, 10.0)}
 
     def validate(self) -> None:
         sp = self.speed_perturbation

@@ -168,3 +168,12 @@ def test_an_unexpected_failure_is_one_line_not_a_traceback(monkeypatch, capsys):
     monkeypatch.setenv("OMNIFORMER_TRACEBACK", "1")
     with pytest.raises(TypeError):
         cli.main(["recipes"])
+
+
+@pytest.mark.parametrize("size", ["3", "2000000", "many"])
+def test_data_tokenizer_refuses_a_vocabulary_size_out_of_range(tmp_path, capsys, size):
+    """Past a few million the tokenizer's trainer aborted the process (out of memory)."""
+    (tmp_path / "m.jsonl").write_text('{"id": "a", "text": "a red circle"}\n')
+    refused(capsys, ["data", "tokenizer", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "t.json"),
+                     "--vocab-size", size], "argument --vocab-size: expected a whole number >= 6 and <= 1,000,000")
+    assert not (tmp_path / "t.json").exists()

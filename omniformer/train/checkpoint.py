@@ -254,6 +254,14 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def require_meta(path: str | Path, meta: dict[str, Any], *keys: str) -> None:
+    """Refuse a checkpoint whose config.json lacks a key its task's loader reads, naming it."""
+    missing = [key for key in keys if meta.get(key) in (None, "", [], {})]
+    if missing:
+        raise CheckpointError(f"{Path(path) / CONFIG} has no {missing[0]!r}: it was not written by the "
+                              f"{meta.get('task')} task's training, or was edited")
+
+
 def has_weights(path: str | Path, prefix: str) -> bool:
     """Whether the checkpoint holds any weight whose name starts with ``prefix`` (reads names only)."""
     return any(k.startswith(prefix) for k in safetensors_names(find_checkpoint(path) / WEIGHTS))

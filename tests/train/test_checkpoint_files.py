@@ -149,3 +149,19 @@ def test_no_traceback_reaches_the_user(checkpoints, tmp_path):
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr
     assert f"{qa / ckpt.WEIGHTS} is a git-lfs pointer" in run.stderr and "git lfs pull" in run.stderr
+
+
+@pytest.mark.parametrize("model, key", [("qa", "answers"), ("qa", "config"), ("asr", "alphabet"), ("asr", "config")])
+def test_a_config_json_without_what_its_task_reads_is_named(checkpoints, tmp_path, capsys, model, key):
+    """An edited config.json without a QA model's answers was a KeyError."""
+    import json
+    from omniformer.cli import main
+    path = _copy(checkpoints[model], tmp_path / model)
+    meta = json.loads((path / ckpt.CONFIG).read_text())
+    del meta[key]
+    (path / ckpt.CONFIG).write_text(json.dumps(meta))
+    argv = (["ask", "--model", str(path), "--image", str(checkpoints["image"]), "--question", "how many"]
+            if model == "qa" else ["transcribe", "--model", str(path), str(checkpoints["audio"])])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{path / ckpt.CONFIG} has no '{key}'" in err and "Traceback" not in err

@@ -65,8 +65,7 @@ class Transcriber:
         if meta.get("task") != TASK_NAME:
             raise ckpt.CheckpointError(f"checkpoint {path} is a {meta.get('task')!r} model, not an asr model; "
                                        f"load it with its own task")
-        if not meta.get("alphabet"):
-            raise ckpt.CheckpointError(f"checkpoint {path}: {ckpt.CONFIG} has no alphabet")
+        ckpt.require_meta(path, meta, "alphabet", "config")
         cfg = run_config_from(meta["config"])
         alphabet = Alphabet(meta["alphabet"])
         model = ASRModel(cfg.model, len(alphabet), from_dict(ASRConfig, cfg.task or {}, "task"))

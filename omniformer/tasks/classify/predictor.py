@@ -48,8 +48,7 @@ class ClassifyPredictor:
         if meta.get("task") != TASK_NAME:
             raise ckpt.CheckpointError(f"checkpoint {path} is a {meta.get('task')!r} model, not a classify model; "
                                        f"load it with its own task")
-        if not meta.get("labels"):
-            raise ckpt.CheckpointError(f"checkpoint {path}: {ckpt.CONFIG} lists no labels")
+        ckpt.require_meta(path, meta, "labels", "config")
         cfg = run_config_from(meta["config"])
         task = from_dict(ClassifyConfig, cfg.task or {}, "task")
         model = ClassifierModel(cfg.model, len(meta["labels"]), task)

@@ -315,6 +315,7 @@ class QAPredictor:
         meta = ckpt.read_meta(path)
         if meta.get("task") != NAME:
             raise ckpt.CheckpointError(f"checkpoint {path} is a {meta.get('task')!r} model, not a QA model")
+        ckpt.require_meta(path, meta, "answers", "config")
         cfg = run_config_from(meta["config"])
         model = QAModel(cfg.model, len(meta["answers"]), qa_config(cfg))
         ckpt.load_weights(path, model)
