@@ -457,8 +457,17 @@ class TrainConfig:
     # question length tracks its family, so length buckets held one family each and slowed
     # learning; mixing text with speech instead pads every text question to the speech length.
     bucket: Literal["length", "modality"] = "length"
+    # Training samples whose media cannot be used (missing, corrupt, cut short) are skipped,
+    # counted and logged once each; past this share of the training set the run stops listing them.
+    max_bad_fraction: float = 0.01
+    # A step whose loss or gradient is NaN or infinite: "skip" it (counted, logged with its step
+    # and sample ids) or "stop" the run (its last checkpoint is kept). Skipping stops the run too
+    # after ``max_skipped_steps`` such steps in a row (it has diverged).
+    nonfinite: Literal["skip", "stop"] = "skip"
+    max_skipped_steps: int = 10
 
     RANGES: ClassVar[dict[str, Range]] = {
+        "max_bad_fraction": SHARE, "max_skipped_steps": Range(1, 10 ** 9),
         "steps": Range(1, 10 ** 9), "batch_size": Range(1, 1 << 20), "grad_accum": Range(1, 1 << 16),
         "lr": Range(0.0, 10.0, open="lo"), "min_lr_ratio": SHARE, "weight_decay": Range(0.0, 10.0),
         "betas": Range(0.0, 1.0, open="hi"), "warmup_steps": STEPS, "grad_clip": Range(0.0, 1e6),

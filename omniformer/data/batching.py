@@ -24,7 +24,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .manifest import resolve
+from .manifest import MediaError, load_media, resolve
 from .text import Tokenizer
 
 IGNORE = -100
@@ -91,9 +91,11 @@ class MultimodalDataset(Dataset):
         return functools.lru_cache(maxsize=size)(load) if enabled and deterministic else load
 
     def _load(self, name: str, files: bool, value: Any) -> torch.Tensor:
+        """A sample's features for modality ``name``; a file that cannot be used is a MediaError
+        naming it (the checks and decoders ``data check`` uses)."""
         preprocessor = self.preprocessors[name]
         load = getattr(preprocessor, "features", preprocessor)
-        return load(resolve(self.manifest, value) if files else value)
+        return load_media(resolve(self.manifest, value), load) if files else load(value)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample, mode = self.samples[index], self.modes[index]
@@ -124,7 +126,7 @@ class MultimodalDataset(Dataset):
     def lengths(self) -> list[int]:
         """A cheap length per sample (text tokens + audio frames/4) for bucketing."""
         out = []
-        info = functools.lru_cache(maxsize=None)(lambda rel: sf.info(str(resolve(self.manifest, rel))).duration)
+        info = functools.lru_cache(maxsize=None)(self._duration)
         for sample, mode in zip(self.samples, self.modes):
             n = 0
             text, audio = sample.get(self.fields["text"]), sample.get(self.fields["audio"])
@@ -134,6 +136,46 @@ class MultimodalDataset(Dataset):
                 n += int(info(audio) * 25)
             out.append(n)
         return out
+
+
+    def _duration(self, relative: str) -> float:
+        """A recording's length in seconds from its header; 0 for one that cannot be read (it is
+        reported when it is loaded)."""
+        try:
+            return sf.info(str(resolve(self.manifest, relative))).duration
+        except (RuntimeError, OSError, ValueError):  # soundfile's LibsndfileError is a RuntimeError
+            return 0.0
+
+
+class SkipBadSamples(Dataset):
+    """A dataset whose samples with unusable media come back as ``{"index", "bad"}`` (the reason,
+    naming the file) instead of raising, so that training can skip and count them."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            return self.dataset[index]
+        except MediaError as e:
+            return {"index": index, "bad": str(e)}
+
+
+class SkippingCollate:
+    """``collate_fn`` over the good items of a list from ``SkipBadSamples``; the bad ones go in
+    ``batch["bad"]`` as (index, reason). A batch with no good item is ``{"index": empty, "bad"}``."""
+
+    def __init__(self, collate_fn: Callable):
+        self.collate_fn = collate_fn
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        good = [it for it in items if "bad" not in it]
+        batch = self.collate_fn(good) if good else {"index": torch.zeros(0, dtype=torch.long)}
+        batch["bad"] = [(it["index"], it["bad"]) for it in items if "bad" in it]
+        return batch
 
 
 # Which of the question's two ways each mode reads; modalities outside VIEWED are read in every mode.

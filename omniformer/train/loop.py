@@ -4,7 +4,9 @@ A task model's ``forward(batch)`` returns a dict with a scalar ``loss`` and any 
 scalars to log. ``fit`` runs AdamW with warm-up + cosine decay, gradient accumulation and
 clipping, autocast where the device supports it, periodic evaluation with best-checkpoint
 keeping, atomic checkpoints every ``save_every`` steps, exact ``resume``, TensorBoard logs
-and a progress bar.
+and a progress bar. Samples whose media cannot be used are skipped and counted (up to
+``max_bad_fraction`` of the set); a step with a non-finite loss or gradient is skipped or stops
+the run (``nonfinite``).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import contextlib
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from ..data.batching import BucketBatchSampler
+from ..data.batching import BucketBatchSampler, SkipBadSamples, SkippingCollate
 from . import checkpoint as ckpt
 from .optim import build_optimizer, build_scheduler
 
@@ -75,6 +78,13 @@ class Curriculum:
     what: str = "the curriculum"
 
 
+SHOWN_BAD = 10  # bad files an error lists
+
+
+class BadDataError(ValueError):
+    """More training samples than ``max_bad_fraction`` allows have media that cannot be used."""
+
+
 @dataclass
 class FitResult:
     steps: int
@@ -83,6 +93,16 @@ class FitResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
     samples_per_second: float = 0.0
+    bad_samples: dict[int, str] = field(default_factory=dict)  # index into the training set: why
+    skipped_steps: int = 0                                     # steps with a non-finite loss or gradient
+
+
+def sample_ids(dataset: Dataset, indices: Sequence[int], limit: int = 8) -> str:
+    """The manifest ids of some samples (their indices where the dataset has no ids), for a message."""
+    samples = getattr(dataset, "samples", None)
+    shown = [str(samples[i].get("id", i)) if samples is not None and isinstance(samples[i], dict) else str(i)
+             for i in list(indices)[:limit]]
+    return ", ".join(shown) + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
 
 
 def _worker_init(worker_id: int) -> None:
@@ -150,12 +170,17 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
                                       drop_last=len(warm) >= cfg.batch_size, seed=cfg.seed + 1) if warm_batches else None
 
     step, best_score, best_step = 0, None, None
+    bad: dict[int, str] = {}  # training samples whose media could not be used, and why
+    skipped_steps, skipped_in_a_row = 0, 0
+    allowed_bad = int(cfg.max_bad_fraction * len(train_set))
     last_dir, best_dir = out_dir / "last", out_dir / "best"
     if resume:
         state = ckpt.read_trainer_state(last_dir)
         ckpt.load_weights(last_dir, model)
         ckpt.load_optimizer(last_dir, optimizer)
         step, best_score, best_step = state["step"], state.get("best_score"), state.get("best_step")
+        bad = {int(i): why for i, why in state.get("bad_samples", [])}
+        skipped_steps = state.get("skipped_steps", 0)
         # The optimizer state restored each group's lr for this step; the schedule continues from it.
         scheduler.last_epoch = step
         ckpt.set_rng_state(state["rng"])
@@ -168,7 +193,39 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
     amp = autocast_context(device, cfg.precision)
 
     def trainer_state() -> dict[str, Any]:
-        return {"step": step, "best_score": best_score, "best_step": best_step, "name": name}
+        return {"step": step, "best_score": best_score, "best_step": best_step, "name": name,
+                "bad_samples": sorted(bad.items()), "skipped_steps": skipped_steps}
+
+    def count_bad(found: list[tuple[int, str]]) -> None:
+        """Log each newly found bad sample once; stop past ``max_bad_fraction``, listing them."""
+        for index, why in found:
+            if index in bad:
+                continue
+            bad[index] = why
+            bar.write(f"[{name}] skipping sample {sample_ids(train_set, [index])}: {why}")
+        if len(bad) > allowed_bad:
+            listed = "\n  ".join(list(bad.values())[:SHOWN_BAD])
+            more = f"\n  and {len(bad) - SHOWN_BAD} more" if len(bad) > SHOWN_BAD else ""
+            raise BadDataError(
+                f"{name}: {len(bad)} of {len(train_set)} training samples have media that cannot be used, more "
+                f"than train.max_bad_fraction={cfg.max_bad_fraction} allows ({allowed_bad}); run "
+                f"'omniformer data check' on the manifest and fix or drop them (last checkpoint: {last_dir}):"
+                f"\n  {listed}{more}")
+
+    def nonfinite_step(what: str, indices: list[int]) -> None:
+        """A step with a non-finite loss or gradient: stop (``nonfinite: stop``, or too many in a row)
+        or skip it, saying which step and samples."""
+        nonlocal skipped_steps, skipped_in_a_row
+        where = f"{what} at step {step + 1} (samples {sample_ids(train_set, indices)})"
+        kept = f"the last checkpoint, {last_dir}, is kept" if (last_dir / ckpt.WEIGHTS).exists() else "no checkpoint yet"
+        if cfg.nonfinite == "stop":
+            raise FloatingPointError(f"{name}: {where}; stopping as train.nonfinite=stop asks ({kept}); lower "
+                                     f"train.lr or check the data, then --resume")
+        skipped_steps, skipped_in_a_row = skipped_steps + 1, skipped_in_a_row + 1
+        bar.write(f"[{name}] skipped step: {where}")
+        if skipped_in_a_row >= cfg.max_skipped_steps:
+            raise FloatingPointError(f"{name}: {skipped_in_a_row} steps in a row were not finite (last: {where}); "
+                                     f"the run has diverged ({kept}); lower train.lr, then --resume")
 
     def save(path: Path, with_optimizer: bool) -> None:
         ckpt.save_checkpoint(path, model, meta, tokenizer, optimizer if with_optimizer else None,
@@ -194,7 +251,8 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
                     order = order[:budget]
                     budget -= len(order)
                 gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + offset)
-                yield from DataLoader(train_set, batch_sampler=order, collate_fn=collate_fn, num_workers=cfg.workers,
+                yield from DataLoader(SkipBadSamples(train_set), batch_sampler=order,
+                                      collate_fn=SkippingCollate(collate_fn), num_workers=cfg.workers,
                                       generator=gen, worker_init_fn=_worker_init, pin_memory=device.type == "cuda")
                 if budget == 0:
                     break
@@ -209,27 +267,49 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
     try:
         while step < cfg.steps:
             model.train()
+            step_sums: dict[str, float] = {}
+            step_indices: list[int] = []
+            finite, step_counted = True, 0
             for _ in range(cfg.grad_accum):
-                batch = move_to(next(batches), device)
+                batch = next(batches)
+                if batch["bad"]:
+                    count_bad(batch["bad"])
+                if len(batch["index"]) == 0 or not finite:
+                    continue  # nothing usable in this micro-batch, or the step is lost already
+                batch = move_to(batch, device)
+                step_indices.extend(batch["index"].tolist())
                 with amp:
                     out = compiled(batch)
                 loss = out["loss"]
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{name}: loss became {loss.item()} at step {step}; "
-                                             "lower train.lr or check the data")
+                    finite = False
+                    nonfinite_step(f"loss {loss.item()}", step_indices)
+                    continue
                 (loss / cfg.grad_accum).backward()
                 for k, v in out.items():
                     if isinstance(v, torch.Tensor) and v.ndim == 0:
-                        sums[k] = sums.get(k, 0.0) + float(v.detach())
-                counted += 1
-                n = len(batch["index"])
-                samples_seen += n
-                samples_window += n
-            if cfg.grad_clip:
-                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * cfg.grad_accum
-            optimizer.step()
-            scheduler.step()
+                        step_sums[k] = step_sums.get(k, 0.0) + float(v.detach())
+                step_counted += 1
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if finite and grads:
+                grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip
+                             else torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+                if torch.isfinite(grad_norm):
+                    step_sums["grad_norm"] = float(grad_norm) * step_counted
+                else:
+                    finite = False
+                    nonfinite_step(f"gradient norm {float(grad_norm)}", step_indices)
+            if finite:
+                optimizer.step()  # a step whose micro-batches were all bad has no gradient: no change
+                skipped_in_a_row = 0
+                for k, v in step_sums.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                counted += step_counted
+                samples_seen += len(step_indices)
+                samples_window += len(step_indices)
+            with warnings.catch_warnings():  # a skipped step has no optimizer.step(); the schedule still moves on
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
@@ -237,9 +317,11 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
                 rate = samples_window / max(now - t_window, 1e-9)
-                means = {k: v / counted for k, v in sums.items()}
+                means = {k: v / max(counted, 1) for k, v in sums.items()}
                 for k, v in means.items():
                     writer.add_scalar(f"{name}/{k}", v, step)
+                writer.add_scalar(f"{name}/bad_samples", len(bad), step)
+                writer.add_scalar(f"{name}/skipped_steps", skipped_steps, step)
                 writer.add_scalar(f"{name}/lr", scheduler.get_last_lr()[0], step)
                 writer.add_scalar(f"{name}/samples_per_second", rate, step)
                 bar.set_postfix(loss=f"{means.get('loss', float('nan')):.3f}", samples_s=f"{rate:.0f}")
@@ -268,4 +350,5 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
     if best_score is None:  # no evaluation: the last weights are the best we know
         save(best_dir, with_optimizer=False)
     elapsed = time.perf_counter() - t_start
-    return FitResult(step, best_score, best_step, metrics, elapsed, samples_seen / max(elapsed, 1e-9))
+    return FitResult(step, best_score, best_step, metrics, elapsed, samples_seen / max(elapsed, 1e-9), dict(bad),
+                     skipped_steps)

@@ -206,3 +206,114 @@ def test_weight_decay_reaches_linear_maps_whatever_their_names():
     assert {id(p) for p in decay["params"]} == {id(net.token.weight), id(net.conv.weight)}
     assert decay["weight_decay"] == 0.1 and keep["weight_decay"] == 0.0
     assert len(decay["params"]) + len(keep["params"]) == len(list(net.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Corrupt samples and non-finite steps
+# ---------------------------------------------------------------------------------------------
+
+def _image_manifest(root, n=40, bad=(5, 17)):
+    """n images of a bright or dark square (the label); samples ``bad`` are a PNG cut short and a
+    missing file."""
+    import json
+
+    from PIL import Image
+    samples = []
+    for i in range(n):
+        path = root / f"{i}.png"
+        Image.new("RGB", (16, 16), (230, 230, 230) if i % 2 else (20, 20, 20)).save(path)
+        samples.append({"id": f"s{i}", "image": path.name, "answer": str(i % 2)})
+    (root / f"{bad[0]}.png").write_bytes((root / f"{bad[0]}.png").read_bytes()[:30])
+    samples[bad[1]]["image"] = "gone.png"
+    (root / "m.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    return root / "m.jsonl", samples
+
+
+class PixelModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+
+    def forward(self, batch):
+        logits = self.net(batch["image"])
+        return {"loss": nn.functional.cross_entropy(logits, batch["answer"])}
+
+
+def _image_set(manifest, samples):
+    from omniformer.config import ModelConfig
+    from omniformer.data.batching import MultimodalDataset
+    from omniformer.modalities.image import image_preprocessor
+    model = ModelConfig()
+    model.image.size = 16
+    return MultimodalDataset(manifest, samples, image=image_preprocessor(model, augment=False), answers=["0", "1"])
+
+
+def test_bad_samples_are_skipped_counted_and_agree_with_data_check(tmp_path):
+    from omniformer.data.manifest import check_manifest
+    manifest, samples = _image_manifest(tmp_path)
+    _, problems = check_manifest(manifest)
+    flagged = {p.line - 1 for p in problems}
+    assert flagged == {5, 17}, problems
+    result = fit(PixelModel(), _image_set(manifest, samples), cfg(steps=8, batch_size=8, max_bad_fraction=0.1),
+                 tmp_path / "run", collate_fn=collate, meta={})
+    assert result.steps == 8 and set(result.bad_samples) == flagged  # training and data check agree
+    assert "5.png" in result.bad_samples[5] and "gone.png" in result.bad_samples[17]
+    assert "does not exist" in result.bad_samples[17]
+    state = ckpt.read_trainer_state(tmp_path / "run" / "last")
+    assert [i for i, _ in state["bad_samples"]] == [5, 17]  # carried across --resume
+
+
+def test_too_many_bad_samples_stop_the_run_listing_them(tmp_path):
+    from omniformer.train.loop import BadDataError
+    manifest, samples = _image_manifest(tmp_path)
+    with pytest.raises(BadDataError) as e:  # 1% of 40 samples allows none
+        fit(PixelModel(), _image_set(manifest, samples), cfg(steps=8, batch_size=8), tmp_path / "run",
+            collate_fn=collate, meta={})
+    message = str(e.value)
+    assert "max_bad_fraction=0.01" in message and "data check" in message
+    assert "5.png" in message  # the first one found stops the run
+
+
+class Poisoned(ToyModel):
+    """A non-finite loss (or, with ``gradient``, a finite loss with a NaN gradient) on any batch
+    holding sample ``poison``; ``always``: on every batch."""
+
+    def __init__(self, poison=7, gradient=False, always=False):
+        super().__init__()
+        self.poison, self.gradient, self.always = poison, gradient, always
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        if self.always or self.poison in batch["index"].tolist():
+            if self.gradient:  # sqrt'(0) is infinite: a zero loss term with a NaN gradient
+                out["loss"] = out["loss"] + torch.sqrt(self.net[1].weight.sum() * 0.0)
+            else:
+                out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+@pytest.mark.parametrize("gradient", [False, True])
+def test_a_nonfinite_step_is_skipped_and_named(tmp_path, capsys, gradient):
+    model = Poisoned(gradient=gradient)
+    result = fit(model, Toy(), cfg(steps=12, progress=True), tmp_path, collate_fn=collate, meta={})
+    # Toy has 96 samples in batches of 16: 12 steps see sample 7 twice (once an epoch)
+    assert result.steps == 12 and result.skipped_steps == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    out = capsys.readouterr().out
+    assert out.count("skipped step:") == 2 and ("gradient norm nan" if gradient else "loss nan at step") in out
+
+
+def test_nonfinite_stop_keeps_the_last_checkpoint(tmp_path):
+    clean = ToyModel()
+    fit(clean, Toy(), cfg(steps=4), tmp_path, collate_fn=collate, meta={})  # a checkpoint at step 4
+    before = (tmp_path / "last" / ckpt.WEIGHTS).read_bytes()
+    with pytest.raises(FloatingPointError, match=r"train.nonfinite=stop .*last checkpoint.* is kept"):
+        fit(Poisoned(), Toy(), cfg(steps=12, nonfinite="stop"), tmp_path, collate_fn=collate, meta={}, resume=True)
+    assert (tmp_path / "last" / ckpt.WEIGHTS).read_bytes() == before  # sample 7 is met at step 7
+    assert ckpt.read_trainer_state(tmp_path / "last")["step"] == 4
+
+
+def test_a_diverged_run_stops_after_so_many_skipped_steps_in_a_row(tmp_path):
+    with pytest.raises(FloatingPointError, match="3 steps in a row were not finite"):
+        fit(Poisoned(always=True), Toy(), cfg(max_skipped_steps=3), tmp_path, collate_fn=collate, meta={})
