@@ -66,6 +66,8 @@ def load_audio(source: str | Path | bytes, sample_rate: int = 16000, max_seconds
         wave = wave / peak
     if file_rate != sample_rate:
         wave = soxr.resample(wave, file_rate, sample_rate, quality="HQ")
+        if wave.size == 0:  # e.g. one sample at 400 kHz: less than one sample at sample_rate
+            raise AudioError(f"{name}: audio is empty at {sample_rate} Hz ({data.shape[0]} samples at {file_rate} Hz)")
         wave = np.clip(wave, -1.0, 1.0)  # the resampler can overshoot slightly near full scale
         if max_seconds is not None:
             wave = wave[: int(max_seconds * sample_rate)]

@@ -156,6 +156,10 @@ def _structural_problems(line_no: int, raw: str, carriers: dict[str, "Modality"]
         sample = json.loads(raw)
     except json.JSONDecodeError as e:
         return None, [Problem(line_no, "<json>", f"not valid JSON ({e.msg} at column {e.colno})")]
+    except RecursionError:
+        return None, [Problem(line_no, "<json>", "not usable JSON (arrays and objects nested too deeply)")]
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        return None, [Problem(line_no, "<json>", f"not usable JSON ({shown(e)})")]
     if not isinstance(sample, dict):
         return None, [Problem(line_no, "<json>", f"expected a JSON object, got {type(sample).__name__}")]
     problems = []

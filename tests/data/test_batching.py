@@ -43,6 +43,7 @@ def test_dataset_views_text_and_audio(tmp_path):
     from omniformer.data.text import Tokenizer
     samples = [{"id": "q", "question": "what shape is it?", "question_audio": "q.wav", "answer": "circle"}]
     tok = Tokenizer.train(["what shape is it?"], vocab_size=50)
+    (tmp_path / "q.wav").write_bytes(b"")  # there, though never decoded
     fake_audio = lambda path: torch.zeros(8, 5)
     both = MultimodalDataset(tmp_path / "m.jsonl", samples, tokenizer=tok, audio=fake_audio, text_field="question",
                              audio_field="question_audio", answers=["circle", "square"], modes="both")[0]
@@ -57,6 +58,8 @@ def test_spoken_view_carries_its_transcript_only_when_asked(tmp_path):
     samples = [{"id": "q", "question": "what shape is it?", "question_audio": "q.wav", "answer": "circle"},
                {"id": "r", "question": "is it red?", "question_audio": "r.wav", "answer": "square"}]
     tok = Tokenizer.train([s["question"] for s in samples], vocab_size=50)
+    for name in ("q.wav", "r.wav"):
+        (tmp_path / name).write_bytes(b"")  # there, though never decoded
     fake_audio = lambda path: torch.zeros(8, 5)
     data = MultimodalDataset(tmp_path / "m.jsonl", samples, tokenizer=tok, audio=fake_audio, text_field="question",
                              audio_field="question_audio", answers=["circle", "square"], modes=["audio", "text"],
