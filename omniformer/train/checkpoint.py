@@ -198,8 +198,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any], to
     except OSError as e:  # a full disk, say: the previous checkpoint stays as it was
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write checkpoint {path}: {e}") from e
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
+    if path.exists():  # else a kill interrupted the last swap, and ``old`` is the good one: keep it
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(tmp, path)
     _fsync_dir(path.parent)

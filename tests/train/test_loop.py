@@ -106,6 +106,27 @@ def test_kill_mid_checkpoint_keeps_previous(tmp_path, monkeypatch):
     assert before == [] and torch.equal(restored.net[1].weight, ToyModel().net[1].weight * 0 + restored.net[1].weight)
 
 
+def test_a_save_after_an_interrupted_swap_keeps_the_good_folder_until_the_new_one_is_in(tmp_path, monkeypatch):
+    """A kill between the swap's renames leaves only last.old; the next save must not delete it
+    before its own folder is in place (a second kill there lost every checkpoint)."""
+    model = ToyModel()
+    ckpt.save_checkpoint(tmp_path / "last", model, {"step": 1})
+    os.replace(tmp_path / "last", tmp_path / "last.old")  # as the first kill left it
+    real_replace, calls = os.replace, []
+
+    def dying_replace(src, dst):
+        calls.append((src, dst))
+        raise KeyboardInterrupt("killed again")
+
+    monkeypatch.setattr(os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path / "last", model, {"step": 2})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert ckpt.read_meta(ckpt.find_checkpoint(tmp_path / "last")) == {"step": 1}
+    ckpt.save_checkpoint(tmp_path / "last", model, {"step": 3})  # and the next save completes
+    assert ckpt.read_meta(ckpt.find_checkpoint(tmp_path / "last")) == {"step": 3}
+
+
 def test_full_disk_leaves_previous_checkpoint(tmp_path, monkeypatch):
     model = ToyModel()
     ckpt.save_checkpoint(tmp_path / "last", model, {"step": 1})
