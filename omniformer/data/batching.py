@@ -147,25 +147,64 @@ class MultimodalDataset(Dataset):
             return 0.0
 
 
-class SkipBadSamples(Dataset):
-    """A dataset whose samples with unusable media come back as ``{"index", "bad"}`` (the reason,
-    naming the file) instead of raising, so that training can skip and count them."""
+class TrainingSamples(Dataset):
+    """A dataset as training reads it. Each sample's random draws (augmentation) come from
+    (``seed``, ``epoch``, its index): every ``np.random.Generator`` the dataset holds is reseeded
+    before the sample is made, so a run is the same whatever its worker count and whenever it is
+    resumed. A sample whose media cannot be used comes back as ``{"index", "bad"}`` (the reason,
+    naming the file) instead of raising, so that training can skip and count it."""
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, seed: int = 0, epoch: int = 0):
+        self.dataset, self.seed, self.epoch = dataset, int(seed), int(epoch)
+        self._slots: list[tuple[Any, str]] | None = None  # (owner, attribute) of each generator
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def _reseed(self, index: int) -> None:
+        if self._slots is None:  # found once per process (workers have their own copy)
+            self._slots = generator_slots(self.dataset)
+        for slot, (owner, name) in enumerate(self._slots):
+            setattr(owner, name, np.random.default_rng([self.seed, self.epoch, index, slot]))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
+        self._reseed(index)
         try:
             return self.dataset[index]
         except MediaError as e:
             return {"index": index, "bad": str(e)}
 
 
+def generator_slots(root: Any, depth: int = 4) -> list[tuple[Any, str]]:
+    """(owner, attribute name) of each ``np.random.Generator`` in ``root``'s attributes, and in
+    theirs (dicts, lists and tuples too), ``depth`` levels down, in a fixed order."""
+    seen: set[int] = set()
+    slots: list[tuple[Any, str]] = []
+
+    def visit(obj: Any, level: int) -> None:
+        if id(obj) in seen or level > depth:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, dict):
+            children = list(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            children = list(obj) if len(obj) <= 64 else []  # containers of objects, not of samples
+        elif hasattr(obj, "__dict__") and not isinstance(obj, (torch.Tensor, torch.nn.Module, type)):
+            for name, value in vars(obj).items():
+                if isinstance(value, np.random.Generator):
+                    slots.append((obj, name))
+            children = [v for v in vars(obj).values() if not isinstance(v, np.random.Generator)]
+        else:
+            return
+        for child in children:
+            visit(child, level + 1)
+
+    visit(root, 0)
+    return slots
+
+
 class SkippingCollate:
-    """``collate_fn`` over the good items of a list from ``SkipBadSamples``; the bad ones go in
+    """``collate_fn`` over the good items of a list from ``TrainingSamples``; the bad ones go in
     ``batch["bad"]`` as (index, reason). A batch with no good item is ``{"index": empty, "bad"}``."""
 
     def __init__(self, collate_fn: Callable):

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from ..data.batching import BucketBatchSampler, SkipBadSamples, SkippingCollate
+from ..data.batching import BucketBatchSampler, SkippingCollate, TrainingSamples
 from . import checkpoint as ckpt
 from .optim import build_optimizer, build_scheduler
 
@@ -106,36 +106,11 @@ def sample_ids(dataset: Dataset, indices: Sequence[int], limit: int = 8) -> str:
 
 
 def _worker_init(worker_id: int) -> None:
-    # Each worker gets its own, reproducible stream for augmentation: the global generators,
-    # and the NumPy generators the dataset's augmenters hold (forked, they would be the main
-    # process's copies, the same in every worker and every epoch).
+    # The global generators, for anything drawing from them; the dataset's own generators are
+    # reseeded for each sample (TrainingSamples).
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
-    info = torch.utils.data.get_worker_info()
-    if info is not None:
-        _reseed_generators(info.dataset, seed)
-
-
-def _reseed_generators(root: Any, seed: int, depth: int = 4) -> None:
-    """Give each ``np.random.Generator`` found in ``root``'s attributes (and theirs, ``depth``
-    levels down) a fresh stream derived from ``seed``."""
-    seen: set[int] = set()
-    count = 0
-
-    def visit(obj: Any, level: int) -> None:
-        nonlocal count
-        if id(obj) in seen or level > depth or not hasattr(obj, "__dict__"):
-            return
-        seen.add(id(obj))
-        for name, value in vars(obj).items():
-            if isinstance(value, np.random.Generator):
-                setattr(obj, name, np.random.default_rng([seed, count]))
-                count += 1
-            elif hasattr(value, "__dict__") and not isinstance(value, (torch.Tensor, nn.Module, type)):
-                visit(value, level + 1)
-
-    visit(root, 0)
 
 
 def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path, *,
@@ -251,7 +226,7 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
                     order = order[:budget]
                     budget -= len(order)
                 gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + offset)
-                yield from DataLoader(SkipBadSamples(train_set), batch_sampler=order,
+                yield from DataLoader(TrainingSamples(train_set, cfg.seed * 100_003 + offset, epoch), batch_sampler=order,
                                       collate_fn=SkippingCollate(collate_fn), num_workers=cfg.workers,
                                       generator=gen, worker_init_fn=_worker_init, pin_memory=device.type == "cuda")
                 if budget == 0:

@@ -205,9 +205,8 @@ class RandomAffine:
     zoomed by a factor drawn from ``scale``; what comes into view takes the image's border
     colour (the median of its edge pixels). Decoded images are kept, the moves drawn afresh.
 
-    Each DataLoader worker reseeds from its own seed (``get_worker_info().seed``, which the
-    training loop derives from its seed and the epoch), so workers forked from one instance
-    do not repeat each other's draws.
+    Training reseeds ``rng`` for each sample from the run's seed, the epoch and the sample
+    (``TrainingSamples``), so workers forked from one instance do not repeat each other's draws.
     """
 
     augment = True  # MultimodalDataset then never caches its output
@@ -216,17 +215,11 @@ class RandomAffine:
                  scale: Sequence[float] = (1.0, 1.0), seed: int | None = None):
         self.preprocessor, self.rotate, self.translate = preprocessor, float(rotate), float(translate)
         self.scale = (float(scale[0]), float(scale[1]))
-        self.rng, self._seeded = np.random.default_rng(seed), None
+        self.rng = np.random.default_rng(seed)
         self._decode = functools.lru_cache(maxsize=16384)(load_image)
-
-    def _reseed(self) -> None:
-        info = torch.utils.data.get_worker_info()
-        if info is not None and info.seed != self._seeded:
-            self.rng, self._seeded = np.random.default_rng(info.seed), info.seed
 
     def move(self, im: Image.Image) -> Image.Image:
         """``im`` rotated, shifted and zoomed by one random draw."""
-        self._reseed()
         angle = math.radians(self.rng.uniform(-self.rotate, self.rotate))
         zoom = self.rng.uniform(*self.scale)
         tx, ty = self.rng.uniform(-self.translate, self.translate, size=2) * np.array(im.size)
