@@ -29,6 +29,28 @@ class AudioError(ValueError):
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
+def wav_cut_short(source: str | Path | bytes) -> str | None:
+    """Why a WAV file is cut short (its RIFF header declares more bytes than it holds), or None.
+
+    libsndfile reads what is there without a word, so an interrupted download or upload would
+    pass for a shorter recording. A size of 0 or 0xFFFFFFFF (written by streaming recorders
+    that do not know the length) is not checked."""
+    if isinstance(source, (bytes, bytearray)):
+        header, size = bytes(source[:12]), len(source)
+    else:
+        try:
+            with open(source, "rb") as f:
+                header, size = f.read(12), os.fstat(f.fileno()).st_size
+        except OSError:
+            return None  # the decoder says what is wrong with it
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+        return None
+    declared = int.from_bytes(header[4:8], "little") + 8
+    if declared in (8, 0xFFFFFFFF + 8) or declared <= size:
+        return None
+    return f"the WAV file is cut short: its header declares {declared} bytes, it holds {size}"
+
+
 def load_audio(source: str | Path | bytes, sample_rate: int = 16000, max_seconds: float | None = None,
                truncate: bool = True) -> np.ndarray:
     """Decode ``source`` to a mono float32 waveform at ``sample_rate``, values in [-1, 1].
@@ -40,6 +62,9 @@ def load_audio(source: str | Path | bytes, sample_rate: int = 16000, max_seconds
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
     if not isinstance(source, (bytes, bytearray)) and not Path(source).is_file():
         raise AudioError(f"{name}: file does not exist")
+    cut = wav_cut_short(source)
+    if cut:
+        raise AudioError(f"{name}: {cut}")
     try:
         with sf.SoundFile(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)) as f:
             file_rate, frames = f.samplerate, f.frames

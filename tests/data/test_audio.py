@@ -334,3 +334,23 @@ def test_speed_perturbation_range_is_checked():
     plain = AudioPreprocessor(AudioConfig(), augment=True, speed=None, spec_augment=False)
     features = torch.randn(80, 50)
     assert plain.perturb(features) is features          # augmentation switched off piece by piece
+
+def test_a_wav_cut_short_is_refused_naming_the_sizes(tmp_path):
+    """libsndfile reads what is there, so an interrupted upload passed for a shorter recording."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    from omniformer.data.audio import AudioError, load_audio
+    buf = io.BytesIO()
+    sf.write(buf, (0.1 * np.sin(np.arange(16000) / 5)).astype(np.float32), 16000, format="WAV", subtype="PCM_16")
+    whole = buf.getvalue()
+    assert load_audio(whole).shape == (16000,)
+    with pytest.raises(AudioError, match=rf"cut short: its header declares {len(whole)} bytes, it holds 1000"):
+        load_audio(whole[:1000])
+    (tmp_path / "cut.wav").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(AudioError, match="cut.wav: the WAV file is cut short"):
+        load_audio(tmp_path / "cut.wav")
+    streamed = whole[:4] + b"\xff\xff\xff\xff" + whole[8:]  # a recorder that did not know the length
+    assert load_audio(streamed[:1000]).shape[0] > 0
