@@ -404,14 +404,16 @@ def create_app(model_dir: str | Path, *, max_batch: int = 32, max_wait_ms: float
                               "label": e.label, "text": e.text, "has_image": e.image is not None,
                               "has_audio": e.audio is not None} for i, e in enumerate(examples)]}
 
-    @app.get("/v1/examples/{i}/image", tags=["examples"], response_class=Response)
+    no_example = {404: {"model": ErrorResponse, "description": "no such example, or it has none"}}
+
+    @app.get("/v1/examples/{i}/image", tags=["examples"], response_class=Response, responses=no_example)
     async def example_image(i: int):
         e = example_at(i)
         if e.image is None:
             raise ApiError(404, "not_found", f"example {i}: has no image")
         return Response(e.image, media_type=_MIME[e.image_type], headers={"Cache-Control": "max-age=3600"})
 
-    @app.get("/v1/examples/{i}/audio", tags=["examples"], response_class=Response)
+    @app.get("/v1/examples/{i}/audio", tags=["examples"], response_class=Response, responses=no_example)
     async def example_audio(i: int):
         e = example_at(i)
         if e.audio is None:
