@@ -146,6 +146,15 @@ def cmd_data_idx(args, overrides) -> int:
     return 0
 
 
+def cmd_data_parallel(args, overrides) -> int:
+    from .tasks.seq2seq import parallel_manifest
+    counts = parallel_manifest(args.folder, args.source, args.target, args.out)
+    pairs = ", ".join(f"{k} {v:,}" for k, v in counts.items() if not k.endswith("_empty"))
+    empty = sum(v for k, v in counts.items() if k.endswith("_empty"))
+    print(f"wrote {args.out}: {pairs} pairs" + (f" ({empty} with an empty side left out)" if empty else ""))
+    return 0
+
+
 def cmd_data_tokenizer(args, overrides) -> int:
     from .data.manifest import read_manifest
     from .data.text import Tokenizer
@@ -294,6 +303,21 @@ def cmd_ask(args, overrides) -> int:
     return 0
 
 
+def cmd_translate(args, overrides) -> int:
+    from .tasks.seq2seq import Translator
+    from .generation_flags import generation_options
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    texts = list(args.texts)
+    if not texts or texts == ["-"]:
+        texts = [line.strip() for line in sys.stdin if line.strip()]
+    translator = Translator.load(args.model, device=str(_device(args.device)))
+    for text in translator.translate(texts, **generation_options(args)):
+        print(text, flush=True)
+    return 0
+
+
 def cmd_transcribe(args, overrides) -> int:
     from .tasks.asr import Transcriber
     if args.threads:
@@ -370,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of each class drawn for test (default 0.1; not with train/val/test folders)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split draw")
     p.set_defaults(func=cmd_data_image_folder)
+    p = data.add_parser("parallel", help="a translation manifest from sentence-aligned files "
+                                         "FOLDER/{train,val,test}.LANG[.gz]")
+    p.add_argument("folder")
+    p.add_argument("--source", required=True, help="the source language's file suffix (de for train.de.gz)")
+    p.add_argument("--target", required=True, help="the target language's file suffix")
+    p.add_argument("--out", required=True, help="manifest path (.jsonl)")
+    p.set_defaults(func=cmd_data_parallel)
     p = data.add_parser("idx", help="unpack IDX images and labels (MNIST format, gzipped or not) into PNGs "
                                     "and a manifest")
     p.add_argument("images", help="IDX images file (magic 0x00000803)")
@@ -447,6 +478,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_top_k, dest="top_k",
                    help="how many answers, 1 to the answers the model knows (default 5, or all if fewer)")
     p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("translate", help="translate sentences with a translate checkpoint")
+    p.add_argument("--model", required=True, help="translate checkpoint folder")
+    p.add_argument("texts", nargs="*", metavar="TEXT", type=_text,
+                   help="sentences to translate (none or '-': one a line from standard input)")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, mps...")
+    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: torch's own)")
+    from .generation_flags import add_generation_arguments
+    add_generation_arguments(p)
+    p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("transcribe", help="transcribe recordings with a speech recognition (asr) checkpoint")
     p.add_argument("--model", required=True, help="asr checkpoint folder")

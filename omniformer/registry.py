@@ -18,6 +18,7 @@ TASKS: dict[str, str] = {
     "classify": "omniformer.tasks.classify",
     "qa": "omniformer.tasks.qa",
     "asr": "omniformer.tasks.asr",
+    "translate": "omniformer.tasks.seq2seq",
 }
 
 # Every modality, in the order batches, fusion spans and ONNX inputs list them: a name (the

@@ -220,8 +220,9 @@ class SkippingCollate:
 # Which of the question's two ways each mode reads; modalities outside VIEWED are read in every mode.
 VIEWS = {"text": ("text",), "audio": ("audio",), "both": ("text", "audio")}
 VIEWED = ("text", "audio")
-# Batch entries padded like a modality that no embedder reads: the spoken view's transcript.
-PADDED_LIKE = {"transcript": "text"}
+# Batch entries padded like a modality that no embedder reads: the spoken view's transcript, and
+# the text a decoder is taught to write.
+PADDED_LIKE = {"transcript": "text", "target": "text"}
 
 
 def _token_ids(tokenizer: Tokenizer, max_len: int, text: str) -> torch.Tensor:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 if TYPE_CHECKING:
     from ..modalities.base import Modality
 
-CORE_FIELDS = ("id", "answer", "label", "split", "meta")  # the fields no modality carries
+CORE_FIELDS = ("id", "answer", "label", "target", "split", "meta")  # the fields no modality carries
 SPLITS = ("train", "val", "test")
 T = TypeVar("T")
 
@@ -167,8 +167,8 @@ def _structural_problems(line_no: int, raw: str, carriers: dict[str, "Modality"]
     for key in sample:
         if key not in allowed:
             problems.append(Problem(line_no, key, f"unknown field; allowed: {', '.join(allowed)}"))
-    texts = ("answer", *(f for f, m in carriers.items() if not m.files))  # values held inline, not paths
-    for key in ("id", *carriers, "answer"):
+    texts = ("answer", "target", *(f for f, m in carriers.items() if not m.files))  # held inline, not paths
+    for key in ("id", *carriers, "answer", "target"):
         value = sample.get(key)
         if value is None:
             continue

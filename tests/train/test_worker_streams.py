@@ -4,7 +4,6 @@ never replay the same masks, and a run is the same whatever its worker count, it
 where it was resumed."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
