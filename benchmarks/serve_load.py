@@ -7,6 +7,11 @@ the micro-batch sizes (from the server's /metrics), prints a table and writes JS
 
     python benchmarks/serve_load.py --model runs/quickstart/qa/best --clients 1,16 --requests 2000
     python benchmarks/serve_load.py --clients 16 --requests 10000      # random-weights quickstart model
+    python benchmarks/serve_load.py --clients 64 --requests 10000 --voice-every 4 --bad-every 5   # the soak
+
+``--bad-every N`` makes every Nth request malformed (a cut-short or fake image, a non-UTF-8 or
+empty question, a top_k out of range, the wrong content type, broken JSON, ...): each must get a
+4xx. The server's resident memory is sampled through the run (``rss_mb``): flat means no leak.
 
 Without ``--model`` a QA checkpoint with random weights is built from configs/quickstart.yaml:
 same shapes, same compute as the trained quickstart model, no training needed.
@@ -124,22 +129,73 @@ def batch_summary(before: dict[str, int], after: dict[str, int], answers: int) -
     return {"model_calls": calls, "mean_batch": answers / calls if calls else 0.0, "batches": per_bucket}
 
 
+def malformed_requests(image: bytes, audio: bytes) -> list[tuple[str, dict]]:
+    """(kind, httpx.post keyword arguments) of requests a server must refuse with a 4xx."""
+    png = ("scene.png", image, "image/png")
+    return [
+        ("cut-short image", {"files": {"image": ("scene.png", image[: len(image) // 3], "image/png")},
+                             "data": {"question": "what color is it?"}}),
+        ("text as image", {"files": {"image": ("scene.png", b"hello, not a picture", "image/png")},
+                           "data": {"question": "what?"}}),
+        ("empty question", {"files": {"image": png}, "data": {"question": "   "}}),
+        ("non-UTF-8 question", {"files": {"image": png, "question": ("q.txt", b"caf\xe9?", "text/plain")}}),
+        ("top_k out of range", {"files": {"image": png}, "data": {"question": "what?", "top_k": "-3"}}),
+        ("no image", {"files": {"x": ("x.txt", b"x", "text/plain")}, "data": {"question": "what?"}}),
+        ("cut-short audio", {"files": {"image": png, "audio": ("q.wav", audio[:60], "audio/wav")}}),
+        ("wrong content type", {"content": b"image=1", "headers": {"content-type": "text/plain"}}),
+        ("broken JSON", {"content": b'{"image": "', "headers": {"content-type": "application/json"},
+                         "url": "/v1/answer.json"}),
+        ("deep JSON", {"content": b"[" * 50_000 + b"]" * 50_000, "headers": {"content-type": "application/json"},
+                       "url": "/v1/answer.json"}),
+    ]
+
+
+def rss_mb(pid: int) -> float:
+    """The process's resident memory in MiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 async def run_load(url: str, clients: int, total: int, max_seconds: float, images: list[bytes], questions: list[str],
-                   audio: bytes, voice_every: int) -> dict:
+                   audio: bytes, voice_every: int, bad_every: int = 0, server_pid: int | None = None) -> dict:
     import httpx
     latencies: list[float] = []
     errors: dict[str, int] = {}
+    bad_refused, bad_not_refused = 0, {}
+    bad = malformed_requests(images[0], audio)
+    memory: list[float] = []
     issued = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
         start = time.perf_counter()
         deadline = start + max_seconds
 
+        async def sample_memory() -> None:
+            while server_pid is not None:
+                memory.append(rss_mb(server_pid))
+                await asyncio.sleep(0.5)
+
         async def client() -> None:
-            nonlocal issued
+            nonlocal issued, bad_refused
             while issued < total and time.perf_counter() < deadline:
                 i = issued
                 issued += 1
+                if bad_every and i % bad_every == bad_every - 1:
+                    kind, request = bad[(i // bad_every) % len(bad)]
+                    request = dict(request)
+                    try:
+                        r = await http.post(request.pop("url", "/v1/answer"), **request)
+                        refused = 400 <= r.status_code < 500 and "error" in r.json()
+                        why = f"{kind}: HTTP {r.status_code}"
+                    except Exception as e:
+                        refused, why = False, f"{kind}: {type(e).__name__}: {e}"
+                    if refused:
+                        bad_refused += 1
+                    else:
+                        bad_not_refused[why] = bad_not_refused.get(why, 0) + 1
+                    continue
                 files = {"image": ("scene.png", images[i % len(images)], "image/png")}
                 if voice_every and i % voice_every == 0:
                     files["audio"] = ("question.wav", audio, "audio/wav")
@@ -154,11 +210,21 @@ async def run_load(url: str, clients: int, total: int, max_seconds: float, image
                 if key:
                     errors[key] = errors.get(key, 0) + 1
 
+        sampler = asyncio.ensure_future(sample_memory())
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - start
+        sampler.cancel()
     lat = np.array(latencies) * 1000
     done = len(latencies)
-    return {"clients": clients, "requests": done, "seconds": round(elapsed, 3),
+    extra = {}
+    if bad_every:
+        extra.update(malformed=bad_refused + sum(bad_not_refused.values()), malformed_refused_4xx=bad_refused,
+                     malformed_not_refused=bad_not_refused)
+    if memory:
+        tenth = max(1, len(memory) // 10)
+        extra["rss_mb"] = {"first_tenth": round(float(np.mean(memory[:tenth])), 1),
+                           "last_tenth": round(float(np.mean(memory[-tenth:])), 1), "max": round(max(memory), 1)}
+    return {**extra, "clients": clients, "requests": done, "seconds": round(elapsed, 3),
             "answers_per_s": round((done - sum(errors.values())) / elapsed, 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 2), "p90_ms": round(float(np.percentile(lat, 90)), 2),
             "p99_ms": round(float(np.percentile(lat, 99)), 2), "max_ms": round(float(lat.max()), 2),
@@ -188,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=50, help="requests before each measured run")
     p.add_argument("--voice-every", type=int, default=0, dest="voice_every",
                    help="every Nth question is also spoken (0: text only)")
+    p.add_argument("--bad-every", type=int, default=0, dest="bad_every",
+                   help="every Nth request is malformed and must get a 4xx (0: none)")
     p.add_argument("--max-batch", type=int, default=32, dest="max_batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0, dest="max_wait_ms")
     p.add_argument("--threads", type=int, help="server torch threads (default: the server's own choice)")
@@ -210,11 +278,14 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(run_load(url, clients, args.warmup, 60, images, questions, audio, args.voice_every))
                 before = batch_histogram(url)
                 row = asyncio.run(run_load(url, clients, args.requests, args.max_seconds, images, questions, audio,
-                                           args.voice_every))
+                                           args.voice_every, args.bad_every, proc.pid))
                 row.update(batch_summary(before, batch_histogram(url), row["requests"] - row["errors"]))
                 rows.append(row)
                 print(f"clients={clients}: {row['answers_per_s']} answers/s, p50 {row['p50_ms']} ms, "
-                      f"p99 {row['p99_ms']} ms, errors {row['errors']}", flush=True)
+                      f"p99 {row['p99_ms']} ms, errors {row['errors']}"
+                      + (f", malformed {row['malformed']} ({row['malformed_refused_4xx']} refused with a 4xx)"
+                         if args.bad_every else "") + (f", server memory {row['rss_mb']} MiB" if "rss_mb" in row else ""),
+                      flush=True)
         finally:
             proc.terminate()
             try:
@@ -231,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
         print(f"\nwrote {out}")
-    return 1 if any(r["errors"] for r in rows) else 0
+    return 1 if any(r["errors"] or r.get("malformed_not_refused") for r in rows) else 0
 
 
 if __name__ == "__main__":
