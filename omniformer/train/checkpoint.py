@@ -262,6 +262,20 @@ def require_meta(path: str | Path, meta: dict[str, Any], *keys: str) -> None:
                               f"{meta.get('task')} task's training, or was edited")
 
 
+def read_task_meta(path: str | Path, task: str, *keys: str) -> tuple[Path, dict[str, Any]]:
+    """(the folder to load, its config.json) for a checkpoint of ``task`` that holds ``keys``; a
+    checkpoint of another task, or one lacking a key, is a CheckpointError saying so. Why: every
+    task's predictor loads through the same checks."""
+    path = find_checkpoint(path)
+    meta = read_meta(path)
+    if meta.get("task") != task:
+        article = "an" if task[:1] in "aeiou" else "a"
+        raise CheckpointError(f"checkpoint {path} is a {meta.get('task')!r} model, not {article} {task} model; "
+                              f"load it with its own task")
+    require_meta(path, meta, *keys)
+    return path, meta
+
+
 def has_weights(path: str | Path, prefix: str) -> bool:
     """Whether the checkpoint holds any weight whose name starts with ``prefix`` (reads names only)."""
     return any(k.startswith(prefix) for k in safetensors_names(find_checkpoint(path) / WEIGHTS))

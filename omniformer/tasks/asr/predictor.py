@@ -60,12 +60,7 @@ class Transcriber:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Transcriber":
         """The checkpoint folder ``path`` (what ``omniformer train asr`` writes)."""
-        path = ckpt.find_checkpoint(path)
-        meta = ckpt.read_meta(path)
-        if meta.get("task") != TASK_NAME:
-            raise ckpt.CheckpointError(f"checkpoint {path} is a {meta.get('task')!r} model, not an asr model; "
-                                       f"load it with its own task")
-        ckpt.require_meta(path, meta, "alphabet", "config")
+        path, meta = ckpt.read_task_meta(path, TASK_NAME, "alphabet", "config")
         cfg = run_config_from(meta["config"])
         alphabet = Alphabet(meta["alphabet"])
         model = ASRModel(cfg.model, len(alphabet), from_dict(ASRConfig, cfg.task or {}, "task"))

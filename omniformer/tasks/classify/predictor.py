@@ -43,12 +43,7 @@ class ClassifyPredictor:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "ClassifyPredictor":
         """The checkpoint folder ``path`` (what ``omniformer train --task classify`` writes)."""
-        path = ckpt.find_checkpoint(path)
-        meta = ckpt.read_meta(path)
-        if meta.get("task") != TASK_NAME:
-            raise ckpt.CheckpointError(f"checkpoint {path} is a {meta.get('task')!r} model, not a classify model; "
-                                       f"load it with its own task")
-        ckpt.require_meta(path, meta, "labels", "config")
+        path, meta = ckpt.read_task_meta(path, TASK_NAME, "labels", "config")
         cfg = run_config_from(meta["config"])
         task = from_dict(ClassifyConfig, cfg.task or {}, "task")
         model = ClassifierModel(cfg.model, len(meta["labels"]), task)

@@ -311,11 +311,7 @@ class QAPredictor:
     def load(cls, path: str | Path, device: str = "cpu", transcriber: str | Path | None = None) -> "QAPredictor":
         """The checkpoint folder ``path``; ``transcriber``: an asr checkpoint that hears spoken
         questions (as ``task.transcriber``)."""
-        path = ckpt.find_checkpoint(path)
-        meta = ckpt.read_meta(path)
-        if meta.get("task") != NAME:
-            raise ckpt.CheckpointError(f"checkpoint {path} is a {meta.get('task')!r} model, not a QA model")
-        ckpt.require_meta(path, meta, "answers", "config")
+        path, meta = ckpt.read_task_meta(path, NAME, "answers", "config")
         cfg = run_config_from(meta["config"])
         model = QAModel(cfg.model, len(meta["answers"]), qa_config(cfg))
         ckpt.load_weights(path, model)

@@ -39,12 +39,7 @@ class Translator:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
         """The checkpoint folder ``path`` (what ``omniformer train translate`` writes)."""
-        path = ckpt.find_checkpoint(path)
-        meta = ckpt.read_meta(path)
-        if meta.get("task") != TASK_NAME:
-            raise ckpt.CheckpointError(f"checkpoint {path} is a {meta.get('task')!r} model, not a translate model; "
-                                       f"load it with its own task")
-        ckpt.require_meta(path, meta, "config")
+        path, meta = ckpt.read_task_meta(path, TASK_NAME, "config")
         cfg = run_config_from(meta["config"])
         tokenizer = Tokenizer.load(path / ckpt.TOKENIZER)
         model = Seq2SeqModel(cfg.model, from_dict(TranslateConfig, cfg.task or {}, "task"), tokenizer.pad_id)
