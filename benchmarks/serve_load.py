@@ -223,7 +223,8 @@ async def run_load(url: str, clients: int, total: int, max_seconds: float, image
     if memory:
         tenth = max(1, len(memory) // 10)
         extra["rss_mb"] = {"first_tenth": round(float(np.mean(memory[:tenth])), 1),
-                           "last_tenth": round(float(np.mean(memory[-tenth:])), 1), "max": round(max(memory), 1)}
+                           "last_tenth": round(float(np.mean(memory[-tenth:])), 1), "max": round(max(memory), 1),
+                           "by_tenth": [round(float(np.mean(part)), 1) for part in np.array_split(memory, 10)]}
     return {**extra, "clients": clients, "requests": done, "seconds": round(elapsed, 3),
             "answers_per_s": round((done - sum(errors.values())) / elapsed, 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 2), "p90_ms": round(float(np.percentile(lat, 90)), 2),
