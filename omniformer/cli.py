@@ -318,6 +318,21 @@ def cmd_translate(args, overrides) -> int:
     return 0
 
 
+def cmd_caption(args, overrides) -> int:
+    from .tasks.caption import Captioner
+    from .generation_flags import generation_options
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    captioner = Captioner.load(args.model, device=str(_device(args.device)))
+    field = "audio" if captioner.inputs == ["audio"] else "image"
+    files = list(args.files)
+    captions = captioner.caption(**{("images" if field == "image" else "audio"): files}, **generation_options(args))
+    for path, caption in zip(files, captions):
+        print(f"{path}\t{caption}" if len(files) > 1 else caption, flush=True)
+    return 0
+
+
 def cmd_transcribe(args, overrides) -> int:
     from .tasks.asr import Transcriber
     if args.threads:
@@ -488,6 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .generation_flags import add_generation_arguments
     add_generation_arguments(p)
     p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("caption", help="caption images (or recordings) with a caption checkpoint")
+    p.add_argument("--model", required=True, help="caption checkpoint folder")
+    p.add_argument("files", nargs="+", metavar="FILE", help="images (PNG, JPEG, ...), or recordings for a model that hears")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, mps...")
+    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: torch's own)")
+    add_generation_arguments(p)
+    p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("transcribe", help="transcribe recordings with a speech recognition (asr) checkpoint")
     p.add_argument("--model", required=True, help="asr checkpoint folder")

@@ -19,6 +19,7 @@ TASKS: dict[str, str] = {
     "qa": "omniformer.tasks.qa",
     "asr": "omniformer.tasks.asr",
     "translate": "omniformer.tasks.seq2seq",
+    "caption": "omniformer.tasks.caption",
 }
 
 # Every modality, in the order batches, fusion spans and ONNX inputs list them: a name (the

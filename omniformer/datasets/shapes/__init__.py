@@ -18,7 +18,7 @@ from .generate import generate_shapes
 from .language import ANSWERS, FAMILIES
 from .scene import COLOURS, SHAPES
 
-__all__ = ["generate_shapes", "make", "describe", "ShapesConfig", "Config", "ANSWERS", "FAMILIES", "COLOURS",
+__all__ = ["generate_shapes", "make", "describe", "caption_judge", "ShapesConfig", "Config", "ANSWERS", "FAMILIES", "COLOURS",
            "SHAPES"]
 
 Config = ShapesConfig
@@ -51,3 +51,25 @@ def describe(options: dict[str, Any]) -> str:
         else "objects placed freely (the standard setting)"
     return (f"ShapesWorld {s.size}x{s.size}, {s.min_objects}-{s.max_objects} objects, {layout}, "
             f"{s.images} images, {s.voices} voices (one held out for test)")
+
+
+def caption_judge(manifest: str | Path):
+    """``judge(sample, caption) -> bool``: whether a caption is true of the scene of a
+    ShapesWorld sample (its ``meta.objects``), by the generator's own semantics; the image size
+    is read from the manifest's ``info.json``."""
+    from .language import caption_is_true
+    from .scene import Obj
+    info = Path(manifest).parent / "info.json"
+    try:
+        size = int(json.loads(info.read_text())["config"]["size"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{info}: cannot read ShapesWorld's image size ({e}); judging captions needs the "
+                          f"info.json that 'omniformer data shapes' writes beside the manifest") from None
+
+    def judge(sample: dict, caption: str) -> bool:
+        objects = (sample.get("meta") or {}).get("objects")
+        if objects is None:
+            raise ValueError(f"sample {sample.get('id')!r}: no meta.objects, so no ShapesWorld scene to judge against")
+        return caption_is_true(caption, [Obj.from_meta(o) for o in objects], size)
+
+    return judge

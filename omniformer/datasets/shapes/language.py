@@ -252,3 +252,16 @@ def vocabulary() -> list[str]:
     for template in QUESTION_TEMPLATES.values():
         vocab |= set(words(template.format(a="a", colour="red", shape="circle")))
     return sorted(vocab)
+
+
+def true_captions(objects: list[Obj], image: int) -> set[str]:
+    """Every caption the generator could state of this scene: all of them true, none ambiguous."""
+    return {c for pool in caption_candidates(objects, image).values() for c in pool}
+
+
+def caption_is_true(caption: str, objects: list[Obj], image: int) -> bool:
+    """Whether ``caption`` is true of the scene by the generator's own semantics: it must be one
+    of the statements the generator makes of it (every attribute, count and relation right),
+    compared word by word, so case, spacing and a final full stop do not matter."""
+    said = " ".join(words(caption))
+    return any(said == " ".join(words(c)) for c in true_captions(objects, image))

@@ -1,4 +1,5 @@
-"""The translator: the Omniformer backbone reads the source, a ``TextDecoder`` writes the target."""
+"""The encoder-decoder of translate and caption: the Omniformer backbone reads the source (text,
+an image, a recording), a ``TextDecoder`` writes the target."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ from ...config import ModelConfig
 from ...model import Omniformer, init_weights
 from ...model.decoder import TextDecoder
 from ...train import checkpoint as ckpt
-from .config import TranslateConfig
+from .config import Seq2SeqConfig, TranslateConfig
 
 IGNORE = -100
 
@@ -24,7 +25,7 @@ class Seq2SeqModel(nn.Module):
     is the backbone's text embedding (one shared vocabulary, input and output tied).
     """
 
-    def __init__(self, cfg: ModelConfig, task: TranslateConfig | None = None, pad_id: int = 0):
+    def __init__(self, cfg: ModelConfig, task: Seq2SeqConfig | None = None, pad_id: int = 0):
         super().__init__()
         task = task or TranslateConfig()
         if cfg.vocab_size < 6:

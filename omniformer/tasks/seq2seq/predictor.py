@@ -17,7 +17,7 @@ from ...config import RunConfig, from_dict, run_config_from
 from ...data.text import Tokenizer, TokenizerError
 from ...model.generate import GenerationConfig, generate
 from ...train import checkpoint as ckpt
-from .config import TranslateConfig
+from .config import Seq2SeqConfig, TranslateConfig
 from .model import Seq2SeqModel
 
 TASK_NAME = "translate"
@@ -27,22 +27,26 @@ class TranslationError(ValueError):
     """A source the translator cannot read (empty, not text); the message says which."""
 
 
-class Translator:
-    """A translate checkpoint ready to use: its model, recipe, tokenizer and decoding defaults."""
+class Seq2SeqPredictor:
+    """What the predictors of the tasks that write text share: the model, recipe and tokenizer,
+    the recipe's decoding defaults with a call's options over them, and the decoding itself."""
 
-    task = TASK_NAME
+    task = ""
+    Config: type = Seq2SeqConfig
+    Error: type = ValueError
 
-    def __init__(self, model: Seq2SeqModel, cfg: RunConfig, tokenizer: Tokenizer, model_id: str = "omniformer-translate"):
-        self.model, self.cfg, self.tokenizer, self.model_id = model.eval(), cfg, tokenizer, model_id
-        self.task_config: TranslateConfig = from_dict(TranslateConfig, cfg.task or {}, "task")
+    def __init__(self, model: Seq2SeqModel, cfg: RunConfig, tokenizer: Tokenizer, model_id: str = ""):
+        self.model, self.cfg, self.tokenizer = model.eval(), cfg, tokenizer
+        self.model_id = model_id or f"omniformer-{self.task}"
+        self.task_config = from_dict(self.Config, cfg.task or {}, "task")
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
-        """The checkpoint folder ``path`` (what ``omniformer train translate`` writes)."""
-        path, meta = ckpt.read_task_meta(path, TASK_NAME, "config")
+    def load(cls, path: str | Path, device: str | torch.device = "cpu"):
+        """The checkpoint folder ``path`` (what ``omniformer train TASK`` writes)."""
+        path, meta = ckpt.read_task_meta(path, cls.task, "config")
         cfg = run_config_from(meta["config"])
         tokenizer = Tokenizer.load(path / ckpt.TOKENIZER)
-        model = Seq2SeqModel(cfg.model, from_dict(TranslateConfig, cfg.task or {}, "task"), tokenizer.pad_id)
+        model = Seq2SeqModel(cfg.model, from_dict(cls.Config, cfg.task or {}, "task"), tokenizer.pad_id)
         ckpt.load_weights(path, model)
         return cls(model.to(device), cfg, tokenizer, model_id=meta.get("model_id", path.name))
 
@@ -54,9 +58,29 @@ class Translator:
         if options.get("do_sample") and "num_beams" not in options:
             options["num_beams"] = 1  # asking to sample overrides the recipe's beam search
         if options.get("max_new_tokens", 0) >= t.max_target_len:
-            raise TranslationError(f"max_new_tokens: at most {t.max_target_len - 1} (the decoder's positions), "
-                                   f"got {options['max_new_tokens']}")
+            raise self.Error(f"max_new_tokens: at most {t.max_target_len - 1} (the decoder's positions), "
+                             f"got {options['max_new_tokens']}")
         return base.replace(**options).check(self.tokenizer.vocab_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def decode(self, batch: dict[str, torch.Tensor], config: GenerationConfig) -> list[str]:
+        """The text the decoder writes for each source of a collated ``batch``."""
+        tk = self.tokenizer
+        context, context_mask = self.model.encode({k: v.to(self.device) for k, v in batch.items()})
+        generated = generate(self.model.decoder, context, context_mask, bos_id=tk.cls_id, stop_ids=[tk.sep_id],
+                             banned_ids=[tk.pad_id, tk.cls_id, tk.mask_id], config=config)
+        return [tk.decode(g.tokens) for g in generated]
+
+
+class Translator(Seq2SeqPredictor):
+    """A translate checkpoint ready to use: its model, recipe, tokenizer and decoding defaults."""
+
+    task = TASK_NAME
+    Config = TranslateConfig
+    Error = TranslationError
 
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Source ids and mask; a source longer than the text positions is cut there, with a warning."""
@@ -83,15 +107,10 @@ class Translator:
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         config = self.generation_config(**options)
-        device = next(self.model.parameters()).device
         out: list[str] = []
-        tk = self.tokenizer
         for start in range(0, len(texts), batch_size):
             ids, mask = self.encode(texts[start:start + batch_size])
-            context, context_mask = self.model.encode({"text": ids.to(device), "text_mask": mask.to(device)})
-            generated = generate(self.model.decoder, context, context_mask, bos_id=tk.cls_id, stop_ids=[tk.sep_id],
-                                 banned_ids=[tk.pad_id, tk.cls_id, tk.mask_id], config=config)
-            out.extend(tk.decode(g.tokens) for g in generated)
+            out.extend(self.decode({"text": ids, "text_mask": mask}, config))
         return out[0] if single else out
 
     predict = translate
