@@ -418,15 +418,22 @@ class ObjectiveConfig:
     # QA fine-tuning with task.head=guided starts from.
     guided_matching: float = 0.0
     guided_glimpses: int = 1       # looks of that head at the image: QA's task.glimpses, which it starts
+    # Next-word prediction: a causal decoder (cross-attention to the sample's image and audio,
+    # read without the text) writes the caption word by word; a text alone is continued. The
+    # caption and translate tasks start their decoder from it.
+    next_word: float = 0.0
+    next_word_depth: int = 2       # the decoder's layers (a caption/translate recipe's task.decoder_depth)
 
     RANGES: ClassVar[dict[str, Range]] = {
         **{name: WEIGHT for name in ("mlm", "matching", "contrastive", "masked_patch", "word_spotting",
-                                     "guided_matching")},
+                                     "guided_matching", "next_word")},
+        "next_word_depth": Range(1, 64),
         "mlm_probability": Range(0.0, 1.0, open="both"), "masked_patch_probability": Range(0.0, 1.0, open="both"),
         "guided_glimpses": Range(1, 64)}
 
     def validate(self) -> None:
-        require(self.mlm + self.matching + self.contrastive + self.masked_patch + self.guided_matching > 0,
+        require(self.mlm + self.matching + self.contrastive + self.masked_patch + self.guided_matching
+                + self.next_word > 0,
                "objectives: at least one weight must be > 0")
 
 

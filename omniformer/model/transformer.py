@@ -83,14 +83,18 @@ class DecoderBlock(nn.Module):
         """``cache``: (self-attention, cross-attention) caches for incremental decoding; ``mask``
         then covers every key, the cached ones first."""
         own, cross = cache if cache is not None else (None, None)
+        # No source (no context, none cached): a language model, the cross-attention skipped.
+        sourced = context is not None or (cross is not None and cross.k is not None)
         if self.pre_norm:
             x = x + self.drop(self.attn(self.ln1(x), key_padding_mask=mask, causal=True, cache=own))
-            x = x + self.drop(self.cross_attn(self.ln_cross(x), key_padding_mask=context_mask, context=context,
-                                              cache=cross))
+            if sourced:
+                x = x + self.drop(self.cross_attn(self.ln_cross(x), key_padding_mask=context_mask, context=context,
+                                                  cache=cross))
             return x + self.mlp(self.ln2(x))
         x = self.ln1(x + self.drop(self.attn(x, key_padding_mask=mask, causal=True, cache=own)))
-        x = self.ln_cross(x + self.drop(self.cross_attn(x, key_padding_mask=context_mask, context=context,
-                                                        cache=cross)))
+        if sourced:
+            x = self.ln_cross(x + self.drop(self.cross_attn(x, key_padding_mask=context_mask, context=context,
+                                                            cache=cross)))
         return self.ln2(x + self.mlp(x))
 
 

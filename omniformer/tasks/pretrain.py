@@ -17,6 +17,7 @@ from torch import nn
 from ..config import ModelConfig, ObjectiveConfig
 from .base import Task, TaskError
 from ..model import ContrastiveHead, MaskedPatchHead, MatchingHead, MLMHead, Omniformer, init_weights
+from ..model.decoder import TextDecoder
 from ..objectives import hard_negative_indices, info_nce, mask_tokens, masked_patch_loss, matching_loss
 from ..registry import get_modality
 from .qa.heads import BagOfWords, GuidedAnswerHead, WordSpotter
@@ -61,6 +62,18 @@ class PretrainingModel(nn.Module):
             self.guided_matching_head = GuidedAnswerHead(cfg.width, cfg.heads, 1, ["text"], objectives.guided_glimpses,
                                                          dropout=cfg.dropout, eps=cfg.layer_norm_eps)
             self.guided_matching_head.apply(init_weights)
+
+        # Next-word prediction: the decoder the caption and translate tasks start from, its
+        # embedding the backbone's text embedding (tied, as theirs is).
+        self.decoder = None
+        if objectives.next_word > 0 and "text" in cfg.modalities:
+            self.decoder = TextDecoder(cfg.vocab_size, cfg.text.max_len, objectives.next_word_depth, cfg.width,
+                                       cfg.heads, int(cfg.width * cfg.mlp_ratio), cfg.dropout, cfg.attn_dropout,
+                                       cfg.norm, cfg.layer_norm_eps, cfg.activation,
+                                       embedding=self.backbone.embedders["text"].token)
+            for name, module in self.decoder.named_children():
+                if name != "token":
+                    module.apply(init_weights)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         obj = self.objectives
@@ -137,8 +150,47 @@ class PretrainingModel(nn.Module):
                 out["matching_loss"], out["matching_accuracy"] = loss.detach(), accuracy
                 losses.append(obj.matching * loss)
 
+        if self.decoder is not None and "text" in batch:
+            next_word = self._next_word(batch)
+            if next_word is not None:
+                loss, accuracy = next_word
+                out["next_word_loss"], out["next_word_accuracy"] = loss.detach(), accuracy
+                losses.append(obj.next_word * loss)
+
         out["loss"] = torch.stack(losses).sum() if losses else fused.cls.sum() * 0.0
         return out
+
+    def _next_word(self, batch):
+        """Each text written word by word from the sample's other modalities (a caption from its
+        image and speech), read by the backbone without the text, so nothing can be copied; a
+        text with no other modality is continued from its own start (no cross-attention)."""
+        text, text_mask = batch["text"], batch["text_mask"]
+        has_text = present(batch, "text")
+        sources = [m for m in self.cfg.modalities if m != "text" and present(batch, m) is not None]
+        with_source = torch.zeros_like(has_text)
+        for m in sources:
+            with_source |= present(batch, m)
+        groups = [(has_text & with_source, True), (has_text & ~with_source, False)]
+        total, correct, count = text.new_zeros((), dtype=torch.float32), 0, 0
+        for rows, read_source in groups:
+            if not rows.any():
+                continue
+            context = context_mask = None
+            if read_source:
+                keys = {k for m in sources for k in get_modality(m).batch_keys if k in batch}
+                source = self.backbone({k: batch[k][rows] for k in keys})
+                context, context_mask = source.hidden, source.mask
+            tokens, mask = text[rows], text_mask[rows]
+            logits = self.decoder(tokens[:, :-1], context, context_mask)
+            labels = tokens[:, 1:].masked_fill(~mask[:, 1:], -100)
+            real = labels != -100
+            total = total + F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                            reduction="sum")
+            correct += int(((logits.argmax(-1) == labels) & real).sum())
+            count += int(real.sum())
+        if not count:
+            return None
+        return total / count, torch.tensor(correct / count)
 
     def _matching(self, batch, positive_cls, pair_similarity, hard: bool):
         """True pairs vs pairs with one modality swapped for another sample's (the multimodal

@@ -105,6 +105,8 @@ class CaptionTask(Task):
         out = Path(cfg.out_dir) / TASK_NAME
         if resume:
             tokenizer = Tokenizer.load(ckpt.find_checkpoint(out / "last") / ckpt.TOKENIZER)
+        elif init is not None:  # the pretrained embedding and decoder speak its vocabulary
+            tokenizer = Tokenizer.load(ckpt.find_checkpoint(init) / ckpt.TOKENIZER)
         elif cfg.data.tokenizer:
             tokenizer = Tokenizer.load(cfg.data.tokenizer)
         else:

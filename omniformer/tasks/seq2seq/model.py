@@ -61,9 +61,33 @@ class Seq2SeqModel(nn.Module):
         return out
 
     def load_pretrained(self, path: str | Path) -> None:
-        """The backbone from a pretraining or other task's checkpoint (the decoder starts fresh)."""
+        """The backbone from a pretraining or other task's checkpoint, and the decoder too where
+        the checkpoint has one (pretraining with ``objectives.next_word``); ``decoder_loaded``
+        says how many of the decoder's tensors came from it (0: it starts fresh)."""
         missing = ckpt.load_weights(path, self.backbone, prefix="backbone.", strict=False)
         if missing:
             raise ckpt.CheckpointError(f"checkpoint {path}: its backbone lacks {len(missing)} weights this "
-                                       f"translator needs, e.g. {sorted(missing)[:3]}; was it built with other "
+                                       f"model needs, e.g. {sorted(missing)[:3]}; was it built with other "
                                        f"model sizes or vocabulary?")
+        self.decoder_loaded = self._load_decoder(path)
+
+    def _load_decoder(self, path: str | Path) -> int:
+        """Copy the checkpoint's ``decoder.*`` tensors that fit: its embedding may be stored as the
+        backbone's text embedding (tied), and its positions may be more or fewer than ours (the
+        first ones are taken); layers past the checkpoint's depth start fresh."""
+        state = ckpt.read_safetensors(ckpt.find_checkpoint(path) / ckpt.WEIGHTS)
+        theirs = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
+        if not theirs:
+            return 0
+        tied = "backbone.embedders.text.token.weight"
+        if "token.weight" not in theirs and tied in state:
+            theirs["token.weight"] = state[tied]
+        own = self.decoder.state_dict()
+        if "positions.weight" in theirs:
+            positions, given = own["positions.weight"].clone(), theirs["positions.weight"]
+            n = min(len(positions), len(given))
+            positions[:n] = given[:n]
+            theirs["positions.weight"] = positions
+        fitting = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
+        self.decoder.load_state_dict(fitting, strict=False)
+        return len(fitting)
