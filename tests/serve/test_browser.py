@@ -5,9 +5,10 @@ Playwright browser download is never used). Skipped, with the reason, when eithe
 
 The page shows the panel of the served task: QA's (a random-weights QA model), the
 recognition panel of classify (a small shape classifier trained here in seconds, and an
-untrained one reading a recording and a text but no image) and the speech recognition panel of
+untrained one reading a recording and a text but no image), the speech recognition panel of
 asr (a tone recogniser trained here in seconds, see tests/tasks/asr/test_asr_task.py; live
-transcription gets a recorded file as the microphone); any other task gets a notice. Writes
+transcription gets a recorded file as the microphone), and the streamed text of translate and
+caption (tiny models trained in a second, see test_generate_serve.py); any other task gets a notice. Writes
 docs/screenshot.png, docs/screenshot-classify.png and docs/screenshot-asr.png when they are
 absent (delete one to take it again).
 """
@@ -27,6 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from test_generate_serve import PAIRS, build_captioner, build_translator, shape_png
 from test_serve import build_random_qa_checkpoint, png_bytes, wav_bytes, write_examples_manifest
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -459,10 +461,10 @@ def test_a_task_without_a_panel_gets_a_notice(browser, shapes_server):
     try:
         page = context.new_page()
         page.route("**/v1/model", lambda route: route.fulfill(
-            status=200, content_type="application/json", body=json.dumps({"task": "caption", "model": "cap-1"})))
+            status=200, content_type="application/json", body=json.dumps({"task": "segment", "model": "seg-1"})))
         page.goto(shapes_server.url + "/")
-        expect(page.locator("#notice")).to_contain_text('"caption" task (model cap-1)')
-        expect(page.get_by_role("heading", name="No page for the caption task")).to_be_visible()
+        expect(page.locator("#notice")).to_contain_text('"segment" task (model seg-1)')
+        expect(page.get_by_role("heading", name="No page for the segment task")).to_be_visible()
         expect(page.locator("#panel").get_by_role("link", name="/docs")).to_have_attribute("href", "/docs")
         assert page.locator("#image-input, #examples li").count() == 0
         page.unroute("**/v1/model")
@@ -756,3 +758,112 @@ def test_asr_live_needs_audio_worklet(browser, asr_server):
         expect(page.get_by_role("button", name="Transcribe live")).to_be_disabled()
         expect(page.locator("#live-status")).to_contain_text("lacks AudioWorklet")
         expect(page.get_by_role("button", name="Record")).to_be_enabled()
+
+
+# ---------------------------------------------------------------------------------------------
+# The text-writing panels (tasks "translate" and "caption"): streamed in token by token
+# ---------------------------------------------------------------------------------------------
+
+# Every text #output shows, in order (from a MutationObserver set up before the page's script).
+# Every text put in #output, in order, and whether the cursor came with it (more to come): from
+# the mutation records, which keep each change even when several tokens arrive in one chunk.
+TRACK_OUTPUT = """
+window.__outputs = [];
+document.addEventListener("DOMContentLoaded", () => {
+  new MutationObserver((records) => {
+    for (const r of records) {
+      if (r.type !== "childList" || r.target.id !== "output" || !r.addedNodes.length) continue;
+      const nodes = [...r.addedNodes];
+      __outputs.push([nodes.filter((n) => n.nodeType === 3).map((n) => n.data).join(""),
+                      String(nodes.some((n) => n.className === "cursor"))]);
+    }
+  }).observe(document.getElementById("panel"), { childList: true, subtree: true });
+});
+"""
+
+
+@pytest.fixture(scope="module")
+def translate_server(tmp_path_factory):
+    from omniformer.serve.app import create_app
+    with ServerThread(create_app(build_translator(tmp_path_factory.mktemp("translate") / "model"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def caption_server(tmp_path_factory):
+    from omniformer.serve.app import create_app
+    with ServerThread(create_app(build_captioner(tmp_path_factory.mktemp("caption") / "model"))) as server:
+        yield server
+
+
+def _streamed(page, expected: str) -> list[str]:
+    """Waits for ``expected`` as the finished text; returns the texts shown while it streamed,
+    checked to grow token by token to it."""
+    expect = sync_api.expect
+    expect(page.locator("#output")).to_have_text(expected, timeout=15_000)
+    expect(page.locator("#output")).to_have_attribute("data-streaming", "false")
+    expect(page.locator("#answer-meta")).to_contain_text(" ms")
+    assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
+    shown = page.evaluate("() => __outputs")
+    start = max(i for i, (text, streaming) in enumerate(shown) if text == "" and streaming == "true")
+    texts = list(dict.fromkeys(text for text, streaming in shown[start:] if streaming == "true" and text))
+    assert len(texts) >= 3 and texts[-1] == expected, texts  # several tokens, one after the other
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:])), texts
+    return texts
+
+
+def test_translate_panel_translates_as_you_type(browser, translate_server):
+    expect = sync_api.expect
+    with open_page(browser, translate_server, 0, init_script=TRACK_OUTPUT) as page:
+        expect(page.get_by_role("heading", name="Translate a text")).to_be_visible()
+        expect(page.locator("#model-name")).to_contain_text("test-translate")
+        assert page.locator("#image-input, #record, #bars").count() == 0
+        source, target = PAIRS[7]
+        page.get_by_label("Type a text to translate").fill(source)  # no click: typing translates
+        _streamed(page, target)
+        expect(page.locator("#answer-meta")).to_contain_text("tokens ·")
+        # Enter translates at once; a text past the model's positions says only its start was read.
+        box = page.get_by_label("Type a text to translate")
+        box.fill(" ".join(s for s, _ in PAIRS[:4]))
+        box.press("Enter")
+        expect(page.locator("#answer-meta")).to_contain_text("only the start was read: the model reads 12 word pieces")
+        box.fill(PAIRS[20][0])
+        page.get_by_role("button", name="Translate", exact=True).click()
+        _streamed(page, PAIRS[20][1])
+        box.fill("")
+        box.press("Enter")
+        expect(page.locator("#error")).to_contain_text("Type a text to translate first")
+
+
+def test_translate_panel_shows_the_servers_message(browser, translate_server):
+    expect = sync_api.expect
+    with open_page(browser, translate_server, 0) as page:
+        page.route("**/v1/generate", lambda route: route.fulfill(
+            status=503, content_type="application/json",
+            body=json.dumps({"error": {"type": "overloaded", "message": "all 8 generation streams are in use"}})))
+        box = page.get_by_label("Type a text to translate")
+        box.fill("ein hund")
+        box.press("Enter")
+        expect(page.locator("#error")).to_contain_text("all 8 generation streams are in use")
+
+
+def test_caption_panel_captions_a_chosen_image(browser, caption_server, tmp_path):
+    expect = sync_api.expect
+    with open_page(browser, caption_server, 0, init_script=TRACK_OUTPUT) as page:
+        expect(page.get_by_role("heading", name="Caption an image")).to_be_visible()
+        assert page.locator("#record, #source, #bars").count() == 0  # an image-only captioner
+        expect(page.locator("#result-hint")).to_have_text("Drop or choose an image to see its caption.")
+        image = tmp_path / "shape.png"
+        image.write_bytes(shape_png("blue", "square"))
+        page.set_input_files("#image-input", str(image))  # captioned at once
+        expect(page.locator("#preview")).to_be_visible()
+        _streamed(page, "a blue square")
+        image.write_bytes(shape_png("red", "circle"))
+        page.set_input_files("#image-input", str(image))
+        _streamed(page, "a red circle")
+        page.get_by_role("button", name="Caption", exact=True).click()
+        _streamed(page, "a red circle")
+        fake = tmp_path / "fake.png"
+        fake.write_bytes(b"%PDF-1.4 not an image")
+        page.set_input_files("#image-input", str(fake))
+        expect(page.locator("#error")).to_contain_text("not an image")

@@ -1,6 +1,6 @@
 """Property-based tests of every task's server from its own OpenAPI schema (schemathesis).
 
-For each task (qa, classify, asr) a checkpoint with random weights is served in-process
+For each task (qa, classify, asr, translate, caption) a checkpoint with random weights is served in-process
 (``create_app``, called through ASGI: no network, no uvicorn), and schemathesis generates
 requests for every operation the app's ``/openapi.json`` lists, valid and invalid ones. No
 response may be a 5xx, and every error response is JSON ``{"error": {"type", "message", ...}}``.
@@ -8,7 +8,9 @@ A last test checks that the POST operations of each schema are exactly the ones 
 route added later is fuzzed without editing this file.
 
 Not covered: the asr WebSocket ``/v1/transcribe/stream`` (not in OpenAPI; see test_serve.py and
-tests/tasks/asr/test_streaming.py).
+tests/tasks/asr/test_streaming.py). The text-writing tasks' ``stream=true`` answers (Server-Sent
+Events) are fuzzed like the rest; their dropped connections and limits are in
+test_generate_serve.py.
 """
 from __future__ import annotations
 
@@ -29,10 +31,11 @@ from schemathesis.generation.modes import GenerationMode  # noqa: E402
 from schemathesis.python import asgi  # noqa: E402
 from schemathesis.specs.openapi.formats import unregister_string_format  # noqa: E402
 
-from test_serve import build_random_qa_checkpoint, png_bytes, wav_bytes  # noqa: E402  (tests/serve, on the path)
+from test_generate_serve import build_captioner, build_translator  # noqa: E402  (tests/serve, on the path)
+from test_serve import build_random_qa_checkpoint, png_bytes, wav_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-TASKS = ("qa", "classify", "asr")
+TASKS = ("qa", "classify", "asr", "translate", "caption")
 MAX_EXAMPLES = 50  # per operation and generation mode (positive, negative); the file runs in ~20 s
 MAX_UPLOAD_BYTES = 32 * 1024  # small, so that generated bodies (and the envelope limits) stay cheap
 
@@ -86,7 +89,8 @@ def build_random_recogniser(out: Path) -> Path:
     return save_checkpoint(out, model, meta)
 
 
-BUILDERS = {"qa": build_random_qa_checkpoint, "classify": build_random_classifier, "asr": build_random_recogniser}
+BUILDERS = {"qa": build_random_qa_checkpoint, "classify": build_random_classifier, "asr": build_random_recogniser,
+            "translate": build_translator, "caption": build_captioner}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -4,9 +4,11 @@
 // <main>: "qa" asks about an image in text or by voice, "classify" shows the top labels of an
 // image, a recording and/or a text (the inputs the model reads), "asr" transcribes a recording
 // (recorded, uploaded or an example) or the microphone live: an AudioWorklet (pcm-worklet.js)
-// hands it samples, sent as 16-bit PCM over the WebSocket /v1/transcribe/stream. Any other task
-// gets a notice pointing to /docs. The panels use the same element ids, so the helpers below
-// serve them all.
+// hands it samples, sent as 16-bit PCM over the WebSocket /v1/transcribe/stream. "translate"
+// translates a text as it is typed and "caption" captions an image (or a recording), both
+// streamed in token by token: POST /v1/generate with stream=true answers Server-Sent Events,
+// read here from fetch()'s body (EventSource cannot POST). Any other task gets a notice pointing
+// to /docs. The panels use the same element ids, so the helpers below serve them all.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -17,6 +19,7 @@ const state = {
   onInput: null,   // called when an image or a recording is set (classify: classify it)
   quiet: false,    // while an example fills in the inputs, onInput waits
   request: 0,      // the latest request's number: an older answer arriving late is not shown
+  generation: null, // translate, caption: the AbortController of the stream under way
 };
 const NOUNS = { image: "an image", audio: "a recording", text: "a text" };
 const FROM = { image: "the image", audio: "the recording", text: "the text" };
@@ -782,10 +785,179 @@ function setupAsr(info) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Text generation (translate, caption): the text streamed in, token by token
+// ---------------------------------------------------------------------------------------------
+
+// Server-Sent Events from a fetch() response: calls onEvent(name, data) for each whole event.
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) onEvent(name, JSON.parse(data.join("\n")));
+    }
+    if (done) return;
+  }
+}
+
+// The text so far, with a blinking cursor while more is coming.
+function showGenerated(text, streaming) {
+  const out = $("output");
+  const parts = [text];
+  if (streaming) {
+    const cursor = document.createElement("span");
+    cursor.className = "cursor"; cursor.setAttribute("aria-hidden", "true");
+    parts.push(cursor);
+  }
+  if (!text && !streaming) parts.splice(0, 1, placeholder("(nothing written)"));
+  out.replaceChildren(...parts);
+  out.dataset.streaming = String(streaming);
+}
+
+// POST the form to /v1/generate as a stream; shows each token as it comes, then `done(data)`'s
+// meta line. A newer request cancels this one (the server stops decoding it).
+async function generate(form, button, metaOf) {
+  if (state.generation) state.generation.abort();
+  const controller = new AbortController();
+  state.generation = controller;
+  form.append("stream", "true");
+  const result = $("result");
+  result.setAttribute("aria-busy", "true");
+  result.setAttribute("aria-live", "off");  // announced once, when the text is whole
+  if (button) button.disabled = true;
+  hideError();
+  let finished = false;
+  try {
+    const response = await fetch("/v1/generate", { method: "POST", body: form, signal: controller.signal });
+    if (!response.ok) {
+      const data = await response.json().catch(() => null);
+      showError(data && data.error ? data.error.message : `The server answered ${response.status}.`);
+      return;
+    }
+    showGenerated("", true);
+    $("answer-meta").textContent = "writing…";
+    await readEvents(response, (name, data) => {
+      if (state.generation !== controller) return;
+      if (name === "token") {
+        showGenerated(data.text, true);
+        $("answer-meta").textContent = `writing… ${data.tokens} token${data.tokens === 1 ? "" : "s"}`;
+      } else if (name === "done") {
+        finished = true;
+        result.setAttribute("aria-live", "polite");
+        showGenerated(data.text, false);
+        $("answer-meta").textContent = metaOf(data);
+      } else if (name === "error") {
+        finished = true;
+        showError(data.error ? data.error.message : "The model failed.");
+      }
+    });
+    if (!finished && state.generation === controller) showError("The connection closed before the text was finished. Try again.");
+  } catch (e) {
+    if (e.name !== "AbortError" && state.generation === controller) showError(`Could not reach the server: ${e.message}`);
+  } finally {
+    if (state.generation === controller) {
+      state.generation = null;
+      if (button) button.disabled = false;
+      result.setAttribute("aria-busy", "false");
+      result.setAttribute("aria-live", "polite");
+      if (!finished && $("output").dataset.streaming === "true") showGenerated($("output").textContent, false);
+    }
+  }
+}
+
+function tokensMeta(data) {
+  return `${data.tokens} token${data.tokens === 1 ? "" : "s"}${data.stopped ? "" : " (the length limit)"} · `
+       + `${Math.round(data.time_ms)} ms`;
+}
+
+function translate() {
+  const text = $("source").value.trim();
+  if (!text) {
+    if (state.generation) state.generation.abort();
+    state.generation = null;
+    showError("Type a text to translate first.");
+    return;
+  }
+  const form = new FormData();
+  form.append("text", text);
+  return generate(form, null, (data) => tokensMeta(data) + (data.truncated
+    ? ` · only the start was read: the model reads ${state.info.max_source_tokens} word pieces` : ""));
+}
+
+function setupTranslate(info) {
+  document.title = "Omniformer · Translation";
+  $("subtitle").textContent = "Translate a text";
+  $("model-name").textContent = `Model: ${info.model} · streamed token by token`;
+  const source = $("source");
+  source.maxLength = info.max_text_chars || 2000;
+  let timer = null;
+  source.addEventListener("input", () => {  // translated as you type, once you pause
+    clearTimeout(timer);
+    if (!source.value.trim()) { hideError(); return; }
+    timer = setTimeout(() => translate(), 400);
+  });
+  source.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); clearTimeout(timer); translate(); }
+  });
+  $("translate-form").addEventListener("submit", (e) => { e.preventDefault(); clearTimeout(timer); translate(); });
+  return { hint: "", item: () => null };
+}
+
+function captionIt() {
+  const inputs = state.info.inputs;
+  const missing = inputs.filter((m) => !(m === "image" ? state.image : state.audio));
+  if (missing.length) {
+    const ways = { image: "choose an image", audio: "record or upload a recording" };
+    const what = listWords(missing.map((m) => ways[m] || m), "and");
+    showError(`${what.charAt(0).toUpperCase()}${what.slice(1)} first.`);
+    return;
+  }
+  const form = new FormData();
+  if (inputs.includes("image")) form.append("image", state.image, state.image.name || "image");
+  if (inputs.includes("audio")) form.append("audio", state.audio, state.audio.name || "recording.wav");
+  return generate(form, $("caption"), tokensMeta);
+}
+
+function setupCaption(info) {
+  const inputs = ["image", "audio"].filter((m) => info.inputs.includes(m));
+  state.acceptsAudio = inputs.includes("audio");
+  state.recordedLabel = "Recording ready.";
+  document.title = "Omniformer · Captioning";
+  $("subtitle").textContent = `Caption ${listWords(inputs.map((m) => NOUNS[m]), "and")}`;
+  $("model-name").textContent = `Model: ${info.model} · reads ${info.inputs.join(", ")} · streamed token by token`;
+  for (const card of document.querySelectorAll("[data-input]")) {
+    if (!inputs.includes(card.dataset.input)) card.remove();
+  }
+  document.querySelectorAll("#panel .step").forEach((step, i) => { step.textContent = String(i + 1); });
+  const cards = [...document.querySelectorAll("[data-input]")];
+  if (cards.length) cards[cards.length - 1].append($("caption"));
+  const hints = { image: "drop or choose an image", audio: "record or upload a recording" };
+  const hint = listWords(inputs.map((m) => hints[m]), "and");
+  $("result-hint").textContent = `${hint.charAt(0).toUpperCase()}${hint.slice(1)} to see its caption.`;
+  setupImage();
+  setupVoice();
+  state.onInput = () => captionIt();  // a new image or recording: its caption at once
+  $("caption-form").addEventListener("submit", (e) => { e.preventDefault(); captionIt(); });
+  return { hint: "", item: () => null };
+}
+
+// ---------------------------------------------------------------------------------------------
 // Start-up: the model says the task; its panel, then its examples
 // ---------------------------------------------------------------------------------------------
 
-const PANELS = { qa: setupQa, classify: setupClassify, asr: setupAsr };
+const PANELS = { qa: setupQa, classify: setupClassify, asr: setupAsr, translate: setupTranslate, caption: setupCaption };
 
 function showPanel(name) {
   const main = $("panel");

@@ -186,3 +186,7 @@ class CaptionTask(Task):
 
     def format_prediction(self, result: dict[str, Any]) -> str:
         return "\n".join(r["caption"] for r in result["captions"])
+
+    def service(self, predictor: Captioner, limits: Any, metrics: Any) -> Any:
+        from ..seq2seq.serve import GenerateService
+        return GenerateService(predictor, limits, metrics)

@@ -136,3 +136,7 @@ class TranslateTask(Task):
 
     def format_prediction(self, result: dict[str, Any]) -> str:
         return "\n".join(r["translation"] for r in result["translations"])
+
+    def service(self, predictor: Translator, limits: Any, metrics: Any) -> Any:
+        from .serve import GenerateService
+        return GenerateService(predictor, limits, metrics)
