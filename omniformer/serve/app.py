@@ -296,7 +296,8 @@ def create_app(model_dir: str | Path, *, max_batch: int = 32, max_wait_ms: float
     ``max_upload_bytes`` caps each file (the request body gets a little more for the multipart
     envelope, 4/3 more for base64 JSON); ``max_pixels`` caps image width x height;
     ``max_audio_seconds`` defaults to the model's own ``audio.max_seconds``.
-    ``max_streams`` and ``max_stream_seconds`` bound live streams (the asr task's WebSocket).
+    ``max_streams`` and ``max_stream_seconds`` bound live streams (asr's WebSocket, the
+    generation tasks' Server-Sent Events).
     ``examples_manifest`` enables ``/v1/examples``. ``torch_threads`` sets torch's
     (process-wide) intra-op threads; ``omniformer serve`` passes ``default_torch_threads()``.
     ``predictor``: an already loaded one (of the checkpoint's task) instead of ``model_dir``.

@@ -89,9 +89,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--transcriber", help="qa: an asr checkpoint folder; spoken questions are transcribed by it "
                                          "and answered as text (default: heard by the qa model itself)")
     p.add_argument("--max-streams", type=int, default=8, dest="max_streams",
-                   help="live transcription streams open at once (asr; default 8)")
+                   help="live streams open at once: asr transcription, translate/caption generation (default 8)")
     p.add_argument("--max-stream-seconds", type=float, dest="max_stream_seconds",
-                   help="longest live transcription stream (asr; default 900)")
+                   help="longest live transcription stream (asr; default 900; a generation stream ends at max_new_tokens)")
     p.add_argument("--examples", help="manifest with test samples for the page's examples "
                                       "(default: the model's training data, if present)")
     p.add_argument("--no-examples", action="store_true", dest="no_examples")
