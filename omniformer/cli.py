@@ -223,6 +223,20 @@ def _checkpoint_config(model_dir: str, overrides: list[str]):
         raise ConfigError(f"{model_dir}: {e}") from None
 
 
+def cmd_average(args, overrides) -> int:
+    from .train import checkpoint as ckpt
+    paths = args.checkpoints
+    if args.last is not None and args.last < 2:
+        raise ConfigError(f"--last: need at least 2 checkpoints to average, got {args.last}")
+    if args.last is not None or len(paths) == 1:
+        if len(paths) != 1:
+            raise ConfigError("--last: give one folder (a run's task folder or its steps/), not several checkpoints")
+        paths = ckpt.step_checkpoints(paths[0], args.last)
+    out = ckpt.average_checkpoints(paths, args.out)
+    print(f"averaged {len(paths)} checkpoints ({', '.join(Path(p).name for p in paths)}) into {out}")
+    return 0
+
+
 def cmd_evaluate(args, overrides) -> int:
     from .registry import task_of_checkpoint
     _writable_file(args.json)
@@ -472,6 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: torch's own)")
     p.add_argument("--json", help="also write the metrics as JSON here (top-level keys named for the metric)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("average", help="average checkpoints' weights into one (checkpoint averaging)",
+                       epilog="Train with --finetune.keep_checkpoints=N to keep the last N save_every steps in "
+                              "RUN/TASK/steps/, then: omniformer average RUN/TASK --last 5 --out RUN/TASK/averaged")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint folders, or one folder holding steps/")
+    p.add_argument("--last", type=int, help="with one folder: average its newest N step checkpoints (default: all)")
+    p.add_argument("--out", required=True, help="where to write the averaged checkpoint")
+    p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("predict", help="one prediction from a checkpoint, whatever its task",
                        epilog="The task's own inputs follow: 'omniformer predict --model DIR --help' lists them")

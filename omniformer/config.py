@@ -456,6 +456,7 @@ class TrainConfig:
     eval_every: int = 250
     eval_batches: int = 0          # 0: the whole validation split
     save_every: int = 250
+    keep_checkpoints: int = 0      # also keep the weights of the last N save_every steps (steps/), to average
     log_every: int = 20
     threads: int = 0               # torch intra-op threads; 0 leaves torch's default
     progress: bool = True
@@ -479,7 +480,7 @@ class TrainConfig:
         "lr": Range(0.0, 10.0, open="lo"), "min_lr_ratio": SHARE, "weight_decay": Range(0.0, 10.0),
         "betas": Range(0.0, 1.0, open="hi"), "warmup_steps": STEPS, "grad_clip": Range(0.0, 1e6),
         "seed": Range(0, 2 ** 32 - 1), "workers": Range(0, 256), "eval_every": Range(1, 10 ** 9),
-        "eval_batches": STEPS, "save_every": Range(1, 10 ** 9), "log_every": Range(1, 10 ** 9),
+        "eval_batches": STEPS, "save_every": Range(1, 10 ** 9), "keep_checkpoints": Range(0, 10 ** 6), "log_every": Range(1, 10 ** 9),
         "threads": Range(0, 1024)}
 
     def validate(self) -> None:

@@ -315,6 +315,9 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
                     f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
             if step % cfg.save_every == 0 or step == cfg.steps:
                 save(last_dir, with_optimizer=True)
+                if cfg.keep_checkpoints:
+                    ckpt.keep_step_checkpoint(out_dir, step, lambda p: save(p, with_optimizer=False),
+                                              cfg.keep_checkpoints)
     except KeyboardInterrupt:
         bar.write(f"[{name}] interrupted at step {step}: saving {last_dir} so that --resume continues here")
         save(last_dir, with_optimizer=True)
