@@ -43,3 +43,36 @@ def build_tokenizer(data: DataConfig, train_samples: list[dict]) -> Tokenizer:
     if data.tokenizer:
         return Tokenizer.load(data.tokenizer)
     return Tokenizer.train(texts_of(train_samples), vocab_size=data.vocab_size)
+
+
+SPLITS = ("train", "val", "test")
+
+
+def require_split(split: str) -> None:
+    """Refuse a split name a manifest cannot hold, naming the three it can."""
+    if split not in SPLITS:
+        raise ValueError(f"split: expected train, val or test, got {split!r}")
+
+
+def load_for_evaluation(predictor_class: Any, model_dir: str | Path, device: str, cfg: Any = None) -> tuple[Any, Any]:
+    """(predictor, run config) for evaluating a checkpoint: the run is ``cfg`` (a command line's
+    data and task overrides) or the checkpoint's own recipe, with the checkpoint's architecture."""
+    import dataclasses
+    from ..train.loop import resolve_device
+    predictor = predictor_class.load(model_dir, device=resolve_device(device))
+    return predictor, dataclasses.replace(cfg or predictor.cfg, model=predictor.cfg.model)
+
+
+def seq2seq_tokenizer(out: Path, init: str | Path | None, resume: bool, data: DataConfig,
+                      texts: Any, lowercase: bool) -> Tokenizer:
+    """The vocabulary of an encoder-decoder run: the resumed run's, else the ``--init``
+    checkpoint's (its embedding and decoder speak it), else ``data.tokenizer``, else one trained
+    on ``texts()`` (called only then)."""
+    from ..train import checkpoint as ckpt
+    if resume:
+        return Tokenizer.load(ckpt.find_checkpoint(out / "last") / ckpt.TOKENIZER)
+    if init is not None:
+        return Tokenizer.load(ckpt.find_checkpoint(init) / ckpt.TOKENIZER)
+    if data.tokenizer:
+        return Tokenizer.load(data.tokenizer)
+    return Tokenizer.train(texts(), vocab_size=data.vocab_size, lowercase=lowercase)

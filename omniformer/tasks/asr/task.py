@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader
 
 from ...config import ConfigError, RunConfig
 from ...data.batching import collate
-from ...train.loop import fit, resolve_device, seed_everything
+from ...train.loop import fit, seed_everything
 from ..base import Evaluation, ServeLimits, Service, Task
+from ..common import load_for_evaluation, require_split
 from .config import ASRConfig
 from .data import Alphabet, ASRData, asr_dataset, check_alphabet, load_data, training_words
 from .decoding import to_text
@@ -126,10 +127,8 @@ class ASRTask(Task):
     def evaluate(self, model_dir: str | Path, manifest: str | Path | None = None, split: str = "test",
                  device: str = "auto", workers: int = 0, cfg: RunConfig | None = None) -> Evaluation:
         """WER, CER and sentence error rate of a checkpoint on ``split``, overall and per group."""
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split: expected train, val or test, got {split!r}")
-        transcriber = Transcriber.load(model_dir, device=resolve_device(device))
-        run = dataclasses.replace(cfg or transcriber.cfg, model=transcriber.cfg.model)
+        require_split(split)
+        transcriber, run = load_for_evaluation(Transcriber, model_dir, device, cfg)
         task = self.config(run)
         manifest = Path(manifest) if manifest else _need_manifest(run)
         data = load_data(manifest, dataclasses.replace(task, exclude_from_training={}))

@@ -10,11 +10,11 @@ from typing import Any, Callable, Sequence
 from ...config import ConfigError, RunConfig
 from ...data.batching import collate
 from ...data.manifest import resolve
-from ...data.text import Tokenizer
 from ...generation_flags import add_generation_arguments, generation_options
 from ...registry import get_dataset, get_modality, UnknownTask
-from ...train.loop import fit, resolve_device, seed_everything
+from ...train.loop import fit, seed_everything
 from ..base import Evaluation, Task
+from ..common import load_for_evaluation, require_split, seq2seq_tokenizer
 from ..seq2seq.model import Seq2SeqModel
 from .config import CaptionConfig
 from .data import CaptionDataset, by_input, caption_pairs
@@ -92,7 +92,6 @@ class CaptionTask(Task):
               progress: bool = True) -> Path:
         """Train on every (input, caption) pair; returns the best checkpoint by validation BLEU
         (or by the share of true captions, where the dataset judges them)."""
-        from ...train import checkpoint as ckpt
         from ..pipeline import meta_for
         task = self.config(cfg)
         make_judge = judge_maker(task, cfg)
@@ -103,15 +102,8 @@ class CaptionTask(Task):
             raise ValueError(f"{manifest}: no training sample with {' and '.join(task.inputs)} and a {task.target!r}")
         judge = make_judge(manifest) if make_judge is not None else None
         out = Path(cfg.out_dir) / TASK_NAME
-        if resume:
-            tokenizer = Tokenizer.load(ckpt.find_checkpoint(out / "last") / ckpt.TOKENIZER)
-        elif init is not None:  # the pretrained embedding and decoder speak its vocabulary
-            tokenizer = Tokenizer.load(ckpt.find_checkpoint(init) / ckpt.TOKENIZER)
-        elif cfg.data.tokenizer:
-            tokenizer = Tokenizer.load(cfg.data.tokenizer)
-        else:
-            tokenizer = Tokenizer.train([s[task.target] for s in splits["train"]], vocab_size=cfg.data.vocab_size,
-                                        lowercase=task.lowercase)
+        tokenizer = seq2seq_tokenizer(out, init, resume, cfg.data, lambda: [s[task.target] for s in splits["train"]],
+                                      task.lowercase)
         cfg.model.vocab_size = tokenizer.vocab_size
         cfg.model.modalities = list(task.inputs)
         model = Seq2SeqModel(cfg.model, task, tokenizer.pad_id)
@@ -139,10 +131,8 @@ class CaptionTask(Task):
     def evaluate(self, model_dir: str | Path, manifest: str | Path | None = None, split: str = "test",
                  device: str = "auto", workers: int = 0, cfg: RunConfig | None = None) -> Evaluation:
         """BLEU, chrF and the share of true captions of one caption per input of ``split``."""
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split: expected train, val or test, got {split!r}")
-        captioner = Captioner.load(model_dir, device=resolve_device(device))
-        run = dataclasses.replace(cfg or captioner.cfg, model=captioner.cfg.model)
+        require_split(split)
+        captioner, run = load_for_evaluation(Captioner, model_dir, device, cfg)
         task = self.config(run)
         captioner.task_config = task  # a command line's --task.num_beams=... decodes this evaluation
         manifest = Path(manifest) if manifest else Path(run.data.manifest or "")

@@ -19,7 +19,7 @@ from ...registry import modality_names
 from ...train import checkpoint as ckpt
 from ...train.loop import fit, resolve_device, seed_everything
 from ..base import Evaluation, ExportGraph, ServeLimits, Service, Task
-from ..common import build_tokenizer
+from ..common import build_tokenizer, require_split
 from .config import ClassifyConfig
 from .data import ClassifyData, check_groups, check_inputs, classify_dataset, load_data, resolve_inputs
 from .metrics import classification_metrics, confusion_png, confusion_text
@@ -131,8 +131,7 @@ class ClassifyTask(Task):
                  device: str = "auto", workers: int = 0, cfg: RunConfig | None = None) -> Evaluation:
         """Top-1, top-5, per-class and per-group accuracy and the confusion matrix of a checkpoint
         on ``split`` of its manifest (or ``manifest``)."""
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split: expected train, val or test, got {split!r}")
+        require_split(split)
         device = resolve_device(device)
         predictor = ClassifyPredictor.load(model_dir, device=device)
         run = dataclasses.replace(cfg or predictor.cfg, model=predictor.cfg.model)  # the model is the checkpoint's

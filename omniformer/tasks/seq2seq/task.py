@@ -9,11 +9,10 @@ from typing import Any, Sequence
 
 from ...config import ConfigError, RunConfig
 from ...data.batching import collate
-from ...data.text import Tokenizer
-from ...train.loop import fit, resolve_device, seed_everything
+from ...train.loop import fit, seed_everything
 from ...generation_flags import add_generation_arguments, generation_options
 from ..base import Evaluation, Task
-from ..common import samples_by_split
+from ..common import load_for_evaluation, require_split, samples_by_split, seq2seq_tokenizer
 from .config import TranslateConfig
 from .data import ParallelDataset
 from .metrics import translation_metrics
@@ -54,7 +53,6 @@ class TranslateTask(Task):
     def train(self, cfg: RunConfig, init: str | Path | None = None, resume: bool = False,
               progress: bool = True) -> Path:
         """Train on the recipe's sentence pairs; returns the best checkpoint by validation BLEU."""
-        from ...train import checkpoint as ckpt
         from ..pipeline import meta_for, validation_sample
         task = self.config(cfg)
         manifest = _need_manifest(cfg)
@@ -63,15 +61,9 @@ class TranslateTask(Task):
         if not splits["train"]:
             raise ValueError(f"{manifest}: no training sample with both {task.source!r} and {task.target!r}")
         out = Path(cfg.out_dir) / TASK_NAME
-        if resume:
-            tokenizer = Tokenizer.load(ckpt.find_checkpoint(out / "last") / ckpt.TOKENIZER)
-        elif init is not None:  # the pretrained embedding and decoder speak its vocabulary
-            tokenizer = Tokenizer.load(ckpt.find_checkpoint(init) / ckpt.TOKENIZER)
-        elif cfg.data.tokenizer:
-            tokenizer = Tokenizer.load(cfg.data.tokenizer)
-        else:  # one vocabulary for both languages, trained on both sides of the training pairs
-            texts = [s[f] for s in splits["train"] for f in (task.source, task.target)]
-            tokenizer = Tokenizer.train(texts, vocab_size=cfg.data.vocab_size, lowercase=task.lowercase)
+        # Trained, where it is, as one vocabulary for both languages, on both sides of the pairs.
+        tokenizer = seq2seq_tokenizer(out, init, resume, cfg.data, lambda: [
+            s[f] for s in splits["train"] for f in (task.source, task.target)], task.lowercase)
         cfg.model.vocab_size = tokenizer.vocab_size
         cfg.model.modalities = ["text"]
         model = Seq2SeqModel(cfg.model, task, tokenizer.pad_id)
@@ -98,10 +90,8 @@ class TranslateTask(Task):
     def evaluate(self, model_dir: str | Path, manifest: str | Path | None = None, split: str = "test",
                  device: str = "auto", workers: int = 0, cfg: RunConfig | None = None) -> Evaluation:
         """BLEU (cased and lowercased), chrF and exact matches of a checkpoint on ``split``."""
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split: expected train, val or test, got {split!r}")
-        translator = Translator.load(model_dir, device=resolve_device(device))
-        run = dataclasses.replace(cfg or translator.cfg, model=translator.cfg.model)
+        require_split(split)
+        translator, run = load_for_evaluation(Translator, model_dir, device, cfg)
         task = self.config(run)
         translator.task_config = task  # a command line's --task.num_beams=... decodes this evaluation
         manifest = Path(manifest) if manifest else _need_manifest(run)
