@@ -347,6 +347,23 @@ def cmd_caption(args, overrides) -> int:
     return 0
 
 
+def cmd_generate(args, overrides) -> int:
+    from .tasks.seq2seq.generator import Generator
+    from .generation_flags import generation_options
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    generator = Generator.load(args.model, device=str(_device(args.device)))
+    sources = {"text": args.text, "image": args.image, "audio": args.audio}
+    if args.stream:
+        for piece in generator.stream(args.prompt, **sources, **generation_options(args)):
+            print(piece, end="", flush=True)
+        print(flush=True)
+    else:
+        print(generator.generate(args.prompt, **sources, **generation_options(args)), flush=True)
+    return 0
+
+
 def cmd_transcribe(args, overrides) -> int:
     from .tasks.asr import Transcriber
     if args.threads:
@@ -533,6 +550,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: torch's own)")
     add_generation_arguments(p)
     p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("generate", help="write text with any checkpoint that has a text decoder (translate, caption, "
+                                        "pretraining with objectives.next_word)",
+                       description="Write text with a translate, caption or pretraining (objectives.next_word > 0) "
+                                   "checkpoint: give the source it reads (--text to translate; --image or --audio to "
+                                   "caption; a pretraining decoder continues --prompt alone or reads --image/--audio) "
+                                   "and, optionally, the words the output must start with (--prompt). The text "
+                                   "printed includes the prompt.")
+    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint folder (its task is read from it)")
+    p.add_argument("--prompt", type=_text, metavar="TEXT", help="the text the output must start with (UTF-8)")
+    p.add_argument("--text", type=_text, metavar="TEXT", help="the source text (a translate checkpoint)")
+    p.add_argument("--image", metavar="FILE", help="an image (PNG, JPEG, ...): a caption or pretraining checkpoint")
+    p.add_argument("--audio", metavar="FILE", help="a recording (WAV, FLAC, OGG): a checkpoint that hears")
+    p.add_argument("--stream", action="store_true",
+                   help="print the text as it is made, token by token (greedy or --sample; one beam)")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, mps...")
+    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: torch's own)")
+    add_generation_arguments(p)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("transcribe", help="transcribe recordings with a speech recognition (asr) checkpoint")
     p.add_argument("--model", required=True, help="asr checkpoint folder")
