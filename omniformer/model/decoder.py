@@ -8,10 +8,11 @@ a vocabulary shared with the backbone's text embedder, lets source and target sh
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import KVCache
-from .layers import LayerNorm
+from .layers import LayerNorm, dropout
 from .transformer import Decoder
 
 Cache = list[tuple[KVCache, KVCache]]
@@ -40,7 +41,8 @@ class TextDecoder(nn.Module):
 
     def forward(self, tokens: Tensor, context: Tensor | None, context_mask: Tensor | None = None,
                 mask: Tensor | None = None, positions: Tensor | None = None, cache: Cache | None = None) -> Tensor:
-        """tokens (B, T); context (B, S, W) and context_mask (B, S) True = real; ``mask`` True =
+        """tokens (B, T); context (B, S, W) and context_mask (B, S) True = real (or C contexts
+        for B = C * K rows, each context's K rows consecutive: beam search); ``mask`` True =
         real token over every key (the cached ones first); ``positions`` (B, T) default counts on
         from the cache's length (left-padded prompts pass their own)."""
         if positions is None:
@@ -49,6 +51,6 @@ class TextDecoder(nn.Module):
         if tokens.size(1) and int(positions.max()) >= self.max_positions:
             raise ValueError(f"the decoder has {self.max_positions} positions; position {int(positions.max())} "
                              f"is past them (generate fewer tokens or train with more positions)")
-        x = self.drop(self.ln(self.token(tokens) + self.positions(positions)))
+        x = dropout(self.drop, self.ln(self.token(tokens) + self.positions(positions)))
         hidden = self.decoder(x, context, mask, context_mask, cache)
-        return hidden @ self.token.weight.t().to(hidden.dtype) + self.bias
+        return F.linear(hidden, self.token.weight.to(hidden.dtype), self.bias.to(hidden.dtype))  # one addmm

@@ -129,17 +129,33 @@ def banned_ngram_tokens(sequence: list[int], n: int) -> list[int]:
 
 class LogitsProcessor:
     """Everything but the choice itself: banned ids, repetition penalty, no-repeat n-grams, the
-    minimum length; then, when sampling, temperature, top-k and top-p."""
+    minimum length; then, when sampling, temperature, top-k and top-p.
+
+    Only the options that are on cost anything: the banned ids (and, below ``min_new_tokens``,
+    the stop ids with them) are one ``index_fill_`` of an index built once, and the decoded
+    sequences are read only by the repetition penalty and no-repeat n-grams
+    (``needs_history``: without them the decoding loops don't keep the sequences at all).
+    """
 
     def __init__(self, cfg: GenerationConfig, stop_ids: Sequence[int], banned_ids: Sequence[int]):
         self.cfg, self.stop_ids, self.banned_ids = cfg, list(stop_ids), list(banned_ids)
+        self.needs_history = cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size > 0
+        self._index: dict[bool, Tensor | None] = {}  # below min_new_tokens? -> the ids to bar, on the logits' device
 
-    def __call__(self, logits: Tensor, sequences: Tensor, real: Tensor, made: int) -> Tensor:
-        """logits (N, V) float; sequences (N, T) so far with ``real`` (N, T) marking non-padding;
-        ``made`` new tokens generated before this step."""
+    def _barred(self, early: bool, device: torch.device) -> Tensor | None:
+        if early not in self._index:
+            ids = self.banned_ids + (self.stop_ids if early else [])
+            self._index[early] = torch.tensor(ids, dtype=torch.long, device=device) if ids else None
+        return self._index[early]
+
+    def __call__(self, logits: Tensor, sequences: Tensor | None, real: Tensor | None, made: int) -> Tensor:
+        """logits (N, V) float, changed in place; sequences (N, T) so far with ``real`` (N, T)
+        marking non-padding (read only when ``needs_history``; else they may be None); ``made``
+        new tokens generated before this step."""
         cfg = self.cfg
-        if self.banned_ids:
-            logits[:, self.banned_ids] = float("-inf")
+        barred = self._barred(made < cfg.min_new_tokens, logits.device)
+        if barred is not None:
+            logits.index_fill_(1, barred, float("-inf"))
         if cfg.repetition_penalty != 1.0:
             counts = torch.zeros_like(logits, dtype=torch.long).scatter_add_(1, sequences, real.long())
             penalised = torch.where(logits > 0, logits / cfg.repetition_penalty, logits * cfg.repetition_penalty)
@@ -149,8 +165,6 @@ class LogitsProcessor:
                 banned = banned_ngram_tokens([t for t, k in zip(seq, keep) if k], cfg.no_repeat_ngram_size)
                 if banned:
                     logits[row, banned] = float("-inf")
-        if made < cfg.min_new_tokens and self.stop_ids:
-            logits[:, self.stop_ids] = float("-inf")
         if cfg.do_sample:
             logits = top_p_filter(top_k_filter(logits / cfg.temperature, cfg.top_k), cfg.top_p)
         return logits
@@ -222,37 +236,52 @@ class _Step:
 def _steps(decoder: TextDecoder, start: _Start, cfg: GenerationConfig, stop_ids: Sequence[int],
            banned_ids: Sequence[int]) -> Iterator[_Step]:
     """Greedy or sampled decoding with the cache, one step per iteration, until every row has
-    stopped or max_new_tokens."""
+    stopped or max_new_tokens.
+
+    A step is the decoder on one token per row and a handful of ops around it: the sequences
+    are kept only when a processor reads them, the self-attention mask only when a prompt is
+    padded, and a greedy step's log-probability is ``max - logsumexp`` (no full log-softmax).
+    """
     generator = None
     if cfg.do_sample and cfg.seed is not None:
         generator = torch.Generator(device=start.ids.device).manual_seed(cfg.seed)
     process = LogitsProcessor(cfg, stop_ids, banned_ids)
+    history = process.needs_history
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=start.ids.device)
     cache = decoder.new_cache()
     ids, real = start.ids, start.real
     mask = None if bool(real.all()) else real
     positions = _positions(real)
     logits = decoder(ids, start.context, start.context_mask, mask=mask, positions=positions, cache=cache)[:, -1]
-    next_position = positions[:, -1] + 1
+    next_position = positions[:, -1:] + 1  # (B, 1)
     alive = torch.ones(ids.size(0), dtype=torch.bool, device=ids.device)
+    all_alive = True  # no row has stopped yet: nothing to mask
     for made in range(cfg.max_new_tokens):
-        scores = process(logits.float(), ids, real, made)
+        scores = process(logits.float(), ids if history else None, real if history else None, made)
         if cfg.do_sample:
             token = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+            logprob = scores.gather(1, token[:, None]).squeeze(1) - scores.logsumexp(-1)
         else:
-            token = scores.argmax(-1)
-        logprob = F.log_softmax(scores, dim=-1).gather(1, token[:, None]).squeeze(1)
-        token = token.masked_fill(~alive, decoder.pad_id)
+            best, token = scores.max(-1)
+            logprob = best - scores.logsumexp(-1)
+        if not all_alive:
+            token = token.masked_fill(~alive, decoder.pad_id)
         stopped = torch.isin(token, stops) & alive
         yield _Step(token, alive & ~stopped, logprob)
-        real = torch.cat([real, alive[:, None]], dim=1)
+        if history:
+            real = torch.cat([real, alive[:, None]], dim=1)
         alive = alive & ~stopped
-        if not bool(alive.any()) or made + 1 == cfg.max_new_tokens:
+        if made + 1 == cfg.max_new_tokens:
             return
-        ids = torch.cat([ids, token[:, None]], dim=1)
+        if stop_ids:
+            all_alive = bool(alive.all())
+            if not all_alive and not bool(alive.any()):
+                return
+        if history:
+            ids = torch.cat([ids, token[:, None]], dim=1)
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(alive)[:, None]], dim=1)
-        logits = decoder(token[:, None], None, start.context_mask, mask=mask, positions=next_position[:, None],
+        logits = decoder(token[:, None], None, start.context_mask, mask=mask, positions=next_position,
                          cache=cache)[:, -1]
         next_position = next_position + 1
 
@@ -291,59 +320,71 @@ def generate(decoder: TextDecoder, context: Tensor | None = None, context_mask: 
     start = _prepare(decoder, context, context_mask, batch, prompts, bos_id, cfg)
     if cfg.num_beams > 1:
         return _beam_search(decoder, start, cfg, stop_ids, banned_ids)
-    B = start.ids.size(0)
-    tokens: list[list[int]] = [[] for _ in range(B)]
-    scores, stopped = [0.0] * B, [False] * B
-    live = [True] * B
-    for step in _steps(decoder, start, cfg, stop_ids, banned_ids):
-        for i, (t, e, lp) in enumerate(zip(step.token.tolist(), step.emitted.tolist(), step.logprob.tolist())):
-            if not live[i]:
-                continue
-            scores[i] += lp
-            if e:
-                tokens[i].append(t)
-            else:
-                live[i], stopped[i] = False, True
-    return [Generated(t, s, st) for t, s, st in zip(tokens, scores, stopped)]
+    steps = list(_steps(decoder, start, cfg, stop_ids, banned_ids))
+    emitted = torch.stack([step.emitted for step in steps], dim=1)           # (B, T)
+    kept = emitted.long().cumprod(dim=1).bool()  # the tokens before a row's first stop
+    counted = torch.cat([torch.ones_like(kept[:, :1]), kept[:, :-1]], dim=1)  # ... and that stop
+    logprob = torch.stack([step.logprob for step in steps], dim=1).double()
+    scores = torch.where(counted, logprob, torch.zeros_like(logprob)).sum(dim=1)  # the stop token's included
+    tokens = torch.stack([step.token for step in steps], dim=1)
+    return [Generated([t for t, k in zip(row, keep) if k], score, not all(keep))
+            for row, keep, score in zip(tokens.tolist(), kept.tolist(), scores.tolist())]
 
 
 def _beam_search(decoder: TextDecoder, start: _Start, cfg: GenerationConfig, stop_ids: Sequence[int],
                  banned_ids: Sequence[int]) -> list[Generated]:
     """Beam search as Hugging Face does it: 2K candidates a step, stop-token candidates ranked in
     the first K become finished hypotheses, a row is done when K are finished and no running beam
-    can beat the worst of them."""
+    can beat the worst of them.
+
+    The bookkeeping stays in tensors: a row whose first K candidates hold no stop token, that has
+    fewer than K finished hypotheses and is not done simply keeps its K best candidates; only the
+    other rows go through the rules above in Python. The beams' tokens are the rows of ``ids``
+    (reordered with the cache), read out for a hypothesis when it finishes and at the end. The
+    K beams of a row share its context: cross-attention reads it once for all of them.
+    """
     K, B = cfg.num_beams, start.ids.size(0)
     V = decoder.vocab_size
     expand = lambda t: None if t is None else t.repeat_interleave(K, dim=0)  # noqa: E731
-    ctx, ctx_mask, ids, real = expand(start.context), expand(start.context_mask), expand(start.ids), expand(start.real)
+    ids, real = expand(start.ids), expand(start.real)
+    ctx, ctx_mask = start.context, start.context_mask  # (B, ...): see TextDecoder.forward
+    device = ids.device
     process = LogitsProcessor(cfg, stop_ids, banned_ids)
+    keep_real = process.needs_history
     stops = set(int(s) for s in stop_ids)
+    stop_index = torch.tensor(sorted(stops), dtype=torch.long, device=device)
+    T0 = ids.size(1)
     cache = decoder.new_cache()
     mask = None if bool(real.all()) else real
-    logits = decoder(ids, ctx, ctx_mask, mask=mask, positions=_positions(real), cache=cache)[:, -1]
-    next_position = _positions(real)[:, -1] + 1
-    beam_scores = torch.zeros(B, K, device=ids.device)
+    keep_real = keep_real or mask is not None
+    positions = _positions(real)
+    logits = decoder(ids, ctx, ctx_mask, mask=mask, positions=positions, cache=cache)[:, -1]
+    next_position = positions[:, -1:] + 1
+    beam_scores = torch.zeros(B, K, device=device)
     beam_scores[:, 1:] = float("-inf")  # every beam starts as the same sequence: count it once
+    offsets = torch.arange(B, device=device)[:, None] * K
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     done = [False] * B
-    generated = [[[] for _ in range(K)] for _ in range(B)]
     penalty = lambda n: n ** cfg.length_penalty  # noqa: E731
     for made in range(cfg.max_new_tokens):
         logp = F.log_softmax(process(logits.float(), ids, real, made), dim=-1)
         candidates = (beam_scores.view(-1, 1) + logp).view(B, K * V)
         top, index = candidates.topk(min(2 * K, K * V), dim=1)
-        top_l, beam_l, tok_l = top.tolist(), (index // V).tolist(), (index % V).tolist()
+        beam, tok = index // V, index % V
         length = made + 1
-        new_scores, new_beams, new_tokens = [], [], []
-        for b in range(B):
+        new_scores, new_beams, new_tokens = top[:, :K].contiguous(), beam[:, :K].contiguous(), tok[:, :K].contiguous()
+        slow = {b for b in range(B) if done[b] or len(finished[b]) == K}
+        if stops:
+            slow.update(torch.isin(tok[:, :K], stop_index).any(dim=1).nonzero().flatten().tolist())
+        for b in sorted(slow):
             chosen: list[tuple[float, int, int]] = []
             if not done[b]:
-                for rank, (score, beam, tok) in enumerate(zip(top_l[b], beam_l[b], tok_l[b])):
-                    if tok in stops:
+                for rank, (score, bm, t) in enumerate(zip(top[b].tolist(), beam[b].tolist(), tok[b].tolist())):
+                    if t in stops:
                         if rank < K and score > float("-inf"):
-                            finished[b].append((score / penalty(length), generated[b][beam]))
+                            finished[b].append((score / penalty(length), ids[b * K + bm, T0:].tolist()))
                     else:
-                        chosen.append((score, beam, tok))
+                        chosen.append((score, bm, t))
                     if len(chosen) == K:
                         break
                 finished[b] = sorted(finished[b], key=lambda h: -h[0])[:K]
@@ -352,30 +393,30 @@ def _beam_search(decoder: TextDecoder, start: _Start, cfg: GenerationConfig, sto
                     done[b] = True
             while len(chosen) < K:  # a done row (or too few candidates): pad with dead beams
                 chosen.append((float("-inf"), 0, decoder.pad_id))
-            for score, beam, tok in chosen:
-                new_scores.append(score)
-                new_beams.append(b * K + beam)
-                new_tokens.append(tok)
-            generated[b] = [generated[b][beam] + [tok] for _, beam, tok in chosen]
+            new_scores[b] = torch.tensor([c[0] for c in chosen], dtype=new_scores.dtype)
+            new_beams[b] = torch.tensor([c[1] for c in chosen])
+            new_tokens[b] = torch.tensor([c[2] for c in chosen])
+        order = (new_beams + offsets).view(-1)
+        token = new_tokens.view(-1)
+        beam_scores = new_scores
+        ids = torch.cat([ids.index_select(0, order), token[:, None]], dim=1)
         if all(done) or made + 1 == cfg.max_new_tokens:
             break
-        order = torch.tensor(new_beams, device=ids.device)
-        token = torch.tensor(new_tokens, device=ids.device)
-        beam_scores = torch.tensor(new_scores, device=ids.device).view(B, K)
-        ids = torch.cat([ids.index_select(0, order), token[:, None]], dim=1)
-        real = torch.cat([real.index_select(0, order), torch.ones_like(token, dtype=torch.bool)[:, None]], dim=1)
+        if keep_real:
+            real = torch.cat([real.index_select(0, order), torch.ones_like(token, dtype=torch.bool)[:, None]], dim=1)
         if mask is not None:
             mask = real
         for own, _cross in cache:  # beams of one row share a context: the cross caches need no reorder
             own.reorder(order)
-        logits = decoder(token[:, None], None, ctx_mask, mask=mask, positions=next_position[:, None], cache=cache)[:, -1]
+        logits = decoder(token[:, None], None, ctx_mask, mask=mask, positions=next_position, cache=cache)[:, -1]
         next_position = next_position + 1
+    running, running_scores = ids[:, T0:].tolist(), beam_scores.tolist()
     out = []
     for b in range(B):
         hyps = [(s, t, True) for s, t in finished[b]]
         if not done[b]:  # ran out of tokens: the running beams compete as they are
             hyps += [(s / penalty(cfg.max_new_tokens), t, False)
-                     for s, t in zip(new_scores[b * K:(b + 1) * K], generated[b]) if s > float("-inf")]
+                     for s, t in zip(running_scores[b], running[b * K:(b + 1) * K]) if s > float("-inf")]
         score, tokens, stopped = max(hyps, key=lambda h: h[0])
         out.append(Generated(list(tokens), score, stopped))
     return out

@@ -27,6 +27,12 @@ def activation_layer(name: str) -> nn.Module:
     raise ValueError(f"unknown activation {name!r}; expected gelu, gelu_tanh, quick_gelu or relu")
 
 
+def dropout(drop: nn.Dropout, x: Tensor) -> Tensor:
+    """``drop(x)``, skipped outright where it is the identity (eval mode or p = 0): a decoding
+    step calls a dozen of them, each a module call and an op for nothing."""
+    return drop(x) if drop.training and drop.p > 0 else x
+
+
 class FeedForward(nn.Module):
     """fc1 -> activation -> fc2 -> dropout (the Transformer MLP)."""
 
@@ -38,7 +44,7 @@ class FeedForward(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.act(self.fc1(x))))
+        return dropout(self.drop, self.fc2(self.act(self.fc1(x))))
 
 
 def sinusoidal_positions(length: int, width: int) -> Tensor:

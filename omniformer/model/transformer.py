@@ -10,7 +10,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from .attention import KVCache, MultiHeadAttention
-from .layers import FeedForward, LayerNorm
+from .layers import FeedForward, LayerNorm, dropout
 
 
 class EncoderBlock(nn.Module):
@@ -86,15 +86,15 @@ class DecoderBlock(nn.Module):
         # No source (no context, none cached): a language model, the cross-attention skipped.
         sourced = context is not None or (cross is not None and cross.k is not None)
         if self.pre_norm:
-            x = x + self.drop(self.attn(self.ln1(x), key_padding_mask=mask, causal=True, cache=own))
+            x = x + dropout(self.drop, self.attn(self.ln1(x), key_padding_mask=mask, causal=True, cache=own))
             if sourced:
-                x = x + self.drop(self.cross_attn(self.ln_cross(x), key_padding_mask=context_mask, context=context,
-                                                  cache=cross))
+                x = x + dropout(self.drop, self.cross_attn(self.ln_cross(x), key_padding_mask=context_mask,
+                                                           context=context, cache=cross))
             return x + self.mlp(self.ln2(x))
-        x = self.ln1(x + self.drop(self.attn(x, key_padding_mask=mask, causal=True, cache=own)))
+        x = self.ln1(x + dropout(self.drop, self.attn(x, key_padding_mask=mask, causal=True, cache=own)))
         if sourced:
-            x = self.ln_cross(x + self.drop(self.cross_attn(x, key_padding_mask=context_mask, context=context,
-                                                            cache=cross)))
+            x = self.ln_cross(x + dropout(self.drop, self.cross_attn(x, key_padding_mask=context_mask,
+                                                                     context=context, cache=cross)))
         return self.ln2(x + self.mlp(x))
 
 

@@ -83,3 +83,21 @@ def test_dropout_only_in_training():
     assert torch.equal(attn(x), attn(x))
     attn.train()
     assert not torch.equal(attn(x), attn(x))
+
+
+def test_cross_attention_groups_rows_that_share_a_context():
+    """B contexts for B * K query rows (beam search): the same as each context repeated K times,
+    with and without a cache, the context's mask built once into the cache."""
+    from omniformer.model.attention import KVCache
+    ours, _ = _pair(cross=True)
+    B, K = 3, 4
+    ctx = torch.randn(B, 5, 16, dtype=torch.float64)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False], [True] + [False] * 4])
+    x = torch.randn(B * K, 2, 16, dtype=torch.float64)
+    expected = ours(x, key_padding_mask=mask.repeat_interleave(K, 0), context=ctx.repeat_interleave(K, 0))
+    assert (ours(x, key_padding_mask=mask, context=ctx) - expected).abs().max() <= 1e-12
+    cache = KVCache()
+    first = ours(x[:, :1], key_padding_mask=mask, context=ctx, cache=cache)
+    assert cache.mask is not None and cache.k.size(0) == B
+    later = ours(x[:, 1:], key_padding_mask=mask, cache=cache)
+    assert (torch.cat([first, later], 1) - expected).abs().max() <= 1e-12
