@@ -17,9 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import socket
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from test_generate_serve import PAIRS, build_captioner, build_translator, shape_png
+from test_generate_serve import PAIRS, ServerThread, build_captioner, build_translator, shape_png
 from test_serve import build_random_qa_checkpoint, png_bytes, wav_bytes, write_examples_manifest
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -50,36 +48,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Pyt
                                                              "(pip install playwright; no browser download needed)")
 if not CHROMIUM.is_file():
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
-
-
-class ServerThread:
-    """uvicorn on 127.0.0.1 and a free port, in a thread of this process."""
-
-    def __init__(self, app):
-        import uvicorn
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))  # bound here, so no other process can take the port meanwhile
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
