@@ -452,6 +452,18 @@ class TrainConfig:
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
+    # torch.compile's mode when ``compile`` is on: "reduce-overhead" captures CUDA graphs on a GPU
+    # (a small model's step is bound by kernel launches otherwise); "default" everywhere else.
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    # Pad text and audio lengths up to fixed bucket edges, so a compiled (or CUDA-graph) step sees a
+    # few shapes instead of one per batch.
+    static_shapes: bool = False
+    # Past one process (docs/scale-out.md): under torchrun, "auto" is DDP when there are several
+    # ranks; "fsdp" shards parameters, gradients and optimizer state (FSDP2, fully_shard) and
+    # checkpoints with Distributed Checkpoint; "none" refuses a multi-rank launch.
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    # Recompute each fusion block's activations in the backward pass: less memory, ~1/3 more compute.
+    activation_checkpointing: bool = False
     workers: int = 2
     eval_every: int = 250
     eval_batches: int = 0          # 0: the whole validation split
