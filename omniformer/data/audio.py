@@ -61,7 +61,14 @@ def load_audio(source: str | Path | bytes, sample_rate: int = 16000, max_seconds
     """
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
     if not isinstance(source, (bytes, bytearray)) and not Path(source).is_file():
-        raise AudioError(f"{name}: file does not exist")
+        from .shards import read_member, tar_member
+        member = tar_member(source)  # DIR/shard-000003.tar/000123.audio.wav: a tar shard's member
+        if member is None:
+            raise AudioError(f"{name}: file does not exist")
+        try:
+            source = read_member(*member)
+        except ValueError as e:  # MediaError, naming the shard and member
+            raise AudioError(str(e)) from None
     cut = wav_cut_short(source)
     if cut:
         raise AudioError(f"{name}: {cut}")

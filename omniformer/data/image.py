@@ -29,7 +29,11 @@ def _open(source: str | Path | bytes) -> Image.Image:
     if isinstance(source, (bytes, bytearray)):
         return Image.open(io.BytesIO(source))
     if not Path(source).is_file():
-        raise ImageError(f"{source}: file does not exist")
+        from .shards import read_member, tar_member
+        member = tar_member(source)  # DIR/shard-000003.tar/000123.image.png: a tar shard's member
+        if member is None:
+            raise ImageError(f"{source}: file does not exist")
+        return Image.open(io.BytesIO(read_member(*member)))
     return Image.open(source)
 
 

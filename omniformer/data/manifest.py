@@ -17,6 +17,9 @@ A sample carries any subset of these fields: the fields of the registered modali
 
 ``check_manifest`` validates every line and returns every problem with its line and field;
 ``read_manifest`` stops at structural problems (bad JSON, unknown fields) with the same detail.
+Both also take a shard folder (``omniformer.data.shards``: tar files and their ``shards.json``):
+its samples' media paths name tar members (``shard-000003.tar/000123.image.png``), which
+``resolve``, ``media_problem``, ``load_media`` and ``open_media`` read like files.
 
 The file is UTF-8 (a byte-order mark at its start is allowed); blank lines are skipped, and
 line numbers count them. Media paths: a relative path is resolved against the manifest's
@@ -31,11 +34,12 @@ import errno
 import functools
 import json
 import os
+import re
 import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, TypeVar
 
 if TYPE_CHECKING:
     from ..modalities.base import Modality
@@ -65,8 +69,11 @@ class Problem:
     line: int
     field: str
     message: str
+    where: str = ""  # a shard folder's sample: its JSON member (shard-000003.tar/000123.json); no line then
 
     def __str__(self) -> str:  # line 0: the file as a whole
+        if self.where:  # no field: the shard as a whole
+            return f"{self.where}: {self.field + ': ' if self.field else ''}{self.message}"
         return f"line {self.line}: {self.field}: {self.message}" if self.line else f"{self.field}: {self.message}"
 
 
@@ -95,6 +102,11 @@ def media_problem(path: str | Path) -> str | None:
             return f"the path is too long for the file system ({len(path)} characters)"
         if e.errno == errno.ENOENT and os.path.islink(path):
             return f"is a broken symbolic link (to {shown(os.readlink(path))})"
+        if e.errno == errno.ENOTDIR:
+            from .shards import member_problem, tar_member
+            member = tar_member(path)  # a member of a tar shard: its parent is the .tar file
+            if member is not None:
+                return member_problem(*member)
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             return "does not exist"
         if e.errno == errno.ELOOP:
@@ -117,20 +129,50 @@ class MediaError(ValueError):
 def load_media(path: Path, decode: Callable[[Path], T]) -> T:
     """``decode(path)`` once ``media_problem`` finds nothing wrong with ``path``; any failure is a
     MediaError naming the file. ``data check`` and training both read media through here (with the
-    same decoders, ``load_image`` and ``load_audio``), so they agree on what is bad."""
+    same decoders, ``load_image`` and ``load_audio``), so they agree on what is bad. A member of
+    a tar shard is decoded from its bytes, and the error names the shard and the member."""
+    from .shards import read_member, shown_member, tar_member
+    member = tar_member(path)
+    name = shown(path) if member is None else shown_member(*member)  # a long path keeps shard and member
     why = media_problem(path)
     if why is not None:
-        raise MediaError(f"{shown(path)} {why}")
+        raise MediaError(f"{name} {why}")
     try:
-        return decode(path)
+        return decode(path) if member is None else decode(read_member(*member))
     except MediaError:
         raise
     except (ValueError, OSError) as e:  # ImageError and AudioError are ValueErrors
-        raise MediaError(shown(e) if str(path) not in str(e) else str(e).replace(str(path), shown(path))) from None
+        message = str(e)
+        if member is not None:  # decoders name bytes "<bytes>" (and file objects by address)
+            message = message.replace("<bytes>", str(path))
+            message = re.sub(r"<_io\.\w+ object at 0x[0-9a-f]+>", "in the member", message)
+            message = message if str(path) in message else f"{path}: {message}"
+        raise MediaError(shown(message) if str(path) not in message
+                         else message.replace(str(path), name)) from None
+
+
+def open_media(path: str | Path) -> BinaryIO:
+    """``path`` opened for reading as bytes, seekable: a file, or a tar shard's member (only its
+    bytes). Why: readers of headers (``soundfile.info``) read a member without copying it."""
+    from .shards import open_member, tar_member
+    member = tar_member(path)
+    return open(path, "rb") if member is None else open_member(*member)
+
+
+def manifest_exists(path: str | Path) -> bool:
+    """Whether ``path`` is a manifest file or a shard folder (one holding ``shards.json``), what
+    ``data.manifest`` may name; the tasks check it before reading."""
+    from .shards import is_shard_folder
+    try:
+        return Path(path).is_file() or is_shard_folder(path)
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
 
 
 def _manifest_file_problem(path: Path) -> str | None:
     problem = media_problem(path)
+    if problem == "is a folder, not a file":
+        problem += " (nor a shard folder: it holds no shards.json; 'omniformer data shard' writes one)"
     return f"manifest {shown(path)} {problem}" if problem else None
 
 
@@ -191,8 +233,12 @@ def _structural_problems(line_no: int, raw: str, carriers: dict[str, "Modality"]
 
 def read_manifest_lines(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, sample) for every sample of a manifest; raises ManifestError naming the file,
-    line and field of the first problem, or saying that the manifest holds no sample."""
+    line and field of the first problem, or saying that the manifest holds no sample. A shard
+    folder's samples are numbered from 1 in order (its errors name the shard and member)."""
     path = Path(path)
+    from .shards import is_shard_folder, read_shards
+    if is_shard_folder(path):
+        return list(enumerate(read_shards(path), start=1))
     problem = _manifest_file_problem(path)
     if problem:
         raise ManifestError(problem)
@@ -211,7 +257,8 @@ def read_manifest_lines(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:
-    """Read a manifest; raises ManifestError naming the file, line and field of the first problem."""
+    """Read a manifest, or a shard folder (``omniformer.data.shards``); raises ManifestError naming
+    the file, line and field (the shard and member) of the first problem."""
     return [sample for _, sample in read_manifest_lines(path)]
 
 
@@ -236,8 +283,14 @@ def write_manifest(path: str | Path, samples: Iterable[dict[str, Any]]) -> Path:
 
 
 def resolve(manifest_path: str | Path, relative: str) -> Path:
-    """A media path as the manifest names it, resolved against the manifest's folder."""
-    return Path(manifest_path).resolve().parent / relative
+    """A media path as the manifest names it, resolved against the manifest's folder (a shard
+    folder: against itself, ``DIR/shard-000003.tar/000123.image.png``)."""
+    base = Path(manifest_path).resolve()
+    try:
+        folder = base.is_dir()
+    except (OSError, ValueError):  # a name too long for the file system: not a folder either
+        folder = False
+    return (base if folder else base.parent) / relative
 
 
 def check_manifest(path: str | Path, decode: bool = True, sample_rate: int = 16000) -> tuple[int, list[Problem]]:
@@ -245,19 +298,19 @@ def check_manifest(path: str | Path, decode: bool = True, sample_rate: int = 160
 
     Each media path must pass ``media_problem``; with ``decode``, each file of a modality with
     ``media`` is then read by its ``check_file`` (audio at ``sample_rate``), the decoder training
-    uses. A manifest without any sample is a problem too."""
-    from ..config import ModelConfig
-
-    model = ModelConfig()
-    model.audio.sample_rate = sample_rate
-    carriers = modality_fields()
+    uses. A manifest without any sample is a problem too. A shard folder is checked member by
+    member (``omniformer.data.shards.check_shards``), its problems naming the shard and member."""
     path = Path(path)
+    from .shards import check_shards, is_shard_folder
+    if is_shard_folder(path):
+        return check_shards(path, decode=decode, sample_rate=sample_rate)
+    carriers = modality_fields()
     problem = _manifest_file_problem(path)
     if problem:
         return 0, [Problem(0, "<file>", problem)]
     problems: list[Problem] = []
     seen_ids: dict[str, int] = {}
-    decoded: dict[str, str | None] = {}  # media shared by many samples is decoded once
+    media = MediaChecker(path, decode, sample_rate)
     count = 0
     try:
         for line_no, raw, problem in _lines(path):
@@ -276,28 +329,48 @@ def check_manifest(path: str | Path, decode: bool = True, sample_rate: int = 160
                                                            f"(first on line {seen_ids[sample_id]})"))
                 else:
                     seen_ids[sample_id] = line_no
-            for key, modality in carriers.items():
-                rel = sample.get(key)
-                if not modality.files or not isinstance(rel, str) or not rel.strip():
-                    continue
-                media = resolve(path, rel)
-                why = media_problem(media)
-                if why is not None:
-                    problems.append(Problem(line_no, key, f"file {shown(rel)} {why}"))
-                    continue
-                if not decode or not modality.media:
-                    continue
-                cache_key = f"{modality.name}:{media}"
-                if cache_key not in decoded:
-                    try:
-                        load_media(media, functools.partial(modality.check_file, model=model))
-                        decoded[cache_key] = None
-                    except MediaError as e:
-                        decoded[cache_key] = str(e)
-                if decoded[cache_key] is not None:
-                    problems.append(Problem(line_no, key, decoded[cache_key]))
+            problems.extend(media.problems(sample, line_no))
     except OSError as e:
         problems.append(Problem(0, "<file>", f"manifest {path} cannot be read: {e.strerror or e}"))
     if count == 0:
         problems.append(Problem(0, "<file>", "no samples (the manifest is empty); one JSON object a line is expected"))
     return count, problems
+
+
+class MediaChecker:
+    """The media checks of ``check_manifest`` for one manifest (or shard folder): each media path
+    must pass ``media_problem``, and with ``decode`` its modality's ``check_file``. Media that many
+    samples share is decoded once. Why a class: manifests and shard folders check samples alike."""
+
+    def __init__(self, manifest: str | Path, decode: bool = True, sample_rate: int = 16000):
+        from ..config import ModelConfig
+        self.manifest, self.decode = Path(manifest), decode
+        self.model = ModelConfig()
+        self.model.audio.sample_rate = sample_rate
+        self.carriers = modality_fields()
+        self.decoded: dict[str, str | None] = {}
+
+    def problems(self, sample: dict[str, Any], line: int = 0, where: str = "") -> list[Problem]:
+        """The problems of ``sample``'s media files (``line`` or ``where`` say where it is)."""
+        found = []
+        for key, modality in self.carriers.items():
+            rel = sample.get(key)
+            if not modality.files or not isinstance(rel, str) or not rel.strip():
+                continue
+            media = resolve(self.manifest, rel)
+            why = media_problem(media)
+            if why is not None:
+                found.append(Problem(line, key, f"file {shown(rel)} {why}", where))
+                continue
+            if not self.decode or not modality.media:
+                continue
+            cache_key = f"{modality.name}:{media}"
+            if cache_key not in self.decoded:
+                try:
+                    load_media(media, functools.partial(modality.check_file, model=self.model))
+                    self.decoded[cache_key] = None
+                except MediaError as e:
+                    self.decoded[cache_key] = str(e)
+            if self.decoded[cache_key] is not None:
+                found.append(Problem(line, key, self.decoded[cache_key], where))
+        return found

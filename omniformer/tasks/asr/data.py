@@ -11,7 +11,7 @@ import torch
 
 from ...config import RunConfig
 from ...data.batching import MultimodalDataset
-from ...data.manifest import read_manifest
+from ...data.manifest import manifest_exists, read_manifest
 from ..common import audio_preprocessor
 from .config import ASRConfig
 
@@ -84,7 +84,7 @@ def load_data(manifest: str | Path, task: ASRConfig) -> ASRData:
     (many ShapesWorld questions share one), the training ones in ``task.exclude_from_training``
     left out. Errors name the manifest and what is missing: no pair at all, an empty transcript."""
     manifest = Path(manifest)
-    if not manifest.is_file():
+    if not manifest_exists(manifest):  # a manifest file or a shard folder
         raise FileNotFoundError(f"data.manifest: {manifest} does not exist")
     splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
     seen: set[tuple[str, str]] = set()

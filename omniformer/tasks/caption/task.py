@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 from ...config import ConfigError, RunConfig
 from ...data.batching import collate
-from ...data.manifest import resolve
+from ...data.manifest import manifest_exists, resolve
 from ...generation_flags import add_generation_arguments, generation_options
 from ...registry import get_dataset, get_modality, UnknownTask
 from ...train.loop import fit, seed_everything
@@ -136,7 +136,7 @@ class CaptionTask(Task):
         task = self.config(run)
         captioner.task_config = task  # a command line's --task.num_beams=... decodes this evaluation
         manifest = Path(manifest) if manifest else Path(run.data.manifest or "")
-        if not manifest.is_file():
+        if not manifest_exists(manifest):  # a manifest file or a shard folder
             raise ValueError(f"manifest: {manifest} is not a file; give --manifest")
         groups = by_input(caption_pairs(manifest, task)[split], task)
         if not groups:

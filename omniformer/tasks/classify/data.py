@@ -18,7 +18,7 @@ from PIL import Image
 from ...config import ConfigError, ModelConfig, RunConfig
 from ...data.batching import MultimodalDataset
 from ...data.image import load_image
-from ...data.manifest import read_manifest
+from ...data.manifest import manifest_exists, read_manifest
 from ...data.text import Tokenizer
 from ...registry import get_modality
 from .config import ClassifyConfig
@@ -84,7 +84,7 @@ def load_data(manifest: str | Path, task: ClassifyConfig, seed: int = 0, labels:
     split at training and at evaluation.
     """
     manifest = Path(manifest)
-    if not manifest.is_file():
+    if not manifest_exists(manifest):  # a manifest file or a shard folder
         raise FileNotFoundError(f"data.manifest: {manifest} does not exist")
     lines: dict[int, int] = {}
     splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
