@@ -111,6 +111,16 @@ def cmd_data_check(args, overrides) -> int:
     return 1 if problems else 0
 
 
+def cmd_data_shard(args, overrides) -> int:
+    from .data.shards import read_index, write_shards
+    start = time.perf_counter()
+    folder = write_shards(args.manifest, args.out, samples_per_shard=args.samples_per_shard, overwrite=args.overwrite)
+    index = read_index(folder)
+    print(f"wrote {folder}: {index['samples']} samples in {len(index['shards'])} shards "
+          f"({time.perf_counter() - start:.1f} s); train from it with --data.manifest={folder}")
+    return 0
+
+
 def cmd_data_audio_folder(args, overrides) -> int:
     from .data.audio import audio_folder_manifest
     report = audio_folder_manifest(args.folder, args.out, label_from=args.label_from,
@@ -189,10 +199,19 @@ def cmd_train(args, overrides) -> int:
               f"(--config NAME to choose another; 'omniformer recipes {default}' shows it)")
     cfg = _load(args, overrides, default=default)
     task.config(cfg)  # the task section is checked now, not after the data is made
-    _guard_out_dir(cfg, task.name, args)
-    path = task.train(cfg, init=args.init, resume=args.resume)
-    print(f"{task.name} checkpoint: {path}")
-    print(f"evaluate it with: omniformer evaluate --model {path}")
+    from .train import distributed
+    from .train.loop import resolve_device
+    training = cfg.pretrain if task.name == "pretrain" else cfg.finetune
+    ranks = distributed.init(resolve_device(training.device).type, training.parallel)  # under torchrun
+    try:
+        _guard_out_dir(cfg, task.name, args)
+        distributed.barrier()  # every rank has looked before rank 0 writes anything
+        path = task.train(cfg, init=args.init, resume=args.resume)
+    finally:
+        distributed.close()
+    if ranks.main:
+        print(f"{task.name} checkpoint: {path}")
+        print(f"evaluate it with: omniformer evaluate --model {path}")
     return 0
 
 
@@ -417,6 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest")
     p.add_argument("--no-decode", action="store_true", help="check that media exist without decoding them")
     p.set_defaults(func=cmd_data_check)
+    p = data.add_parser("shard", help="pack a manifest and its media into tar shards (webdataset layout) to "
+                                      "train from (--data.manifest=DIR)")
+    p.add_argument("manifest", help="a manifest (.jsonl), or a shard folder to shard again")
+    p.add_argument("--out", required=True, help="the folder for shard-NNNNNN.tar and shards.json (new or empty)")
+    p.add_argument("--samples-per-shard", type=_whole(1, 1_000_000), default=1000, dest="samples_per_shard",
+                   help="samples in each tar, 1 to 1,000,000 (default 1000)")
+    p.add_argument("--overwrite", action="store_true", help="replace the shards of a folder that holds some")
+    p.set_defaults(func=cmd_data_shard)
     p = data.add_parser("audio-folder", help="write a manifest for a folder of recordings (FSDD naming)")
     p.add_argument("folder")
     p.add_argument("--out", required=True)

@@ -464,6 +464,10 @@ class TrainConfig:
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
     # Recompute each fusion block's activations in the backward pass: less memory, ~1/3 more compute.
     activation_checkpointing: bool = False
+    # Append each optimizer step's sample indices (over every rank), mean loss, gradient norm and
+    # wall-clock time to TASK/samples.jsonl: what a step saw, to check a resumed or multi-rank run
+    # against another.
+    log_samples: bool = False
     workers: int = 2
     eval_every: int = 250
     eval_batches: int = 0          # 0: the whole validation split

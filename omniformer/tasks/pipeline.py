@@ -13,6 +13,7 @@ import torch
 
 from ..config import ConfigError, RunConfig, TrainConfig, to_dict
 from ..data.batching import MultimodalDataset, collate
+from ..data.manifest import manifest_exists
 from ..data.text import Tokenizer
 from ..train import checkpoint as ckpt
 from ..train.loop import Curriculum, fit, resolve_device, seed_everything
@@ -32,8 +33,10 @@ def ensure_data(cfg: RunConfig, progress: bool = True) -> Path:
     path = Path(cfg.data.manifest)
     if cfg.data.dataset:
         from ..registry import get_dataset
-        return get_dataset(cfg.data.dataset).make(path, cfg.data.dataset_options, progress=progress)
-    if not path.is_file():
+        from ..train.distributed import main_first
+        with main_first():  # under torchrun, rank 0 writes it and the others find it made
+            return get_dataset(cfg.data.dataset).make(path, cfg.data.dataset_options, progress=progress)
+    if not manifest_exists(path):  # a manifest file or a shard folder
         raise FileNotFoundError(f"data.manifest: {path} does not exist")
     return path
 

@@ -166,38 +166,71 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any], tokenizer=None,
-                    optimizer: torch.optim.Optimizer | None = None, trainer: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint folder atomically (temporary folder, then renames)."""
+def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors as a checkpoint stores them."""
+    return untied(model.state_dict())
+
+
+def untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict as a checkpoint stores it: on the CPU, contiguous, and tied weights (the MLM
+    decoder is the token embedding) once, as safetensors requires."""
+    out, seen = {}, set()
+    for name, tensor in state.items():
+        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
+        if tensor.data_ptr() and key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor.detach().cpu().contiguous()
+    return out
+
+
+def save_checkpoint(path: str | Path, model: nn.Module | None, meta: dict[str, Any], tokenizer=None,
+                    optimizer: torch.optim.Optimizer | None = None, trainer: dict[str, Any] | None = None,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a checkpoint folder atomically (temporary folder, then renames). ``weights`` stands
+    for ``model``'s when given (a sharded model's, gathered)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = begin_checkpoint(path)
     try:
-        # Tied weights (MLM decoder = token embedding) are stored once, as safetensors requires.
-        state, seen = {}, {}
-        for name, tensor in model.state_dict().items():
-            key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
-            if tensor.data_ptr() and key in seen:
-                continue
-            seen[key] = name
-            state[name] = tensor.detach().cpu().contiguous()
-        save_file(state, str(tmp / WEIGHTS))
-        _write_json(tmp / CONFIG, meta)
-        if tokenizer is not None:
-            tokenizer.save(tmp / TOKENIZER)
-        if optimizer is not None:
-            tensors, opt_meta = _optimizer_tensors(optimizer)
-            save_file(tensors, str(tmp / OPTIMIZER), metadata={"meta": json.dumps(opt_meta)})
-        if trainer is not None:
-            _write_json(tmp / TRAINER, {**trainer, "rng": rng_state()})
-        for f in tmp.iterdir():
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
+        write_checkpoint_files(tmp, weights if weights is not None else weights_of(model), meta, tokenizer,
+                               optimizer, trainer)
     except OSError as e:  # a full disk, say: the previous checkpoint stays as it was
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write checkpoint {path}: {e}") from e
+    return swap_in(tmp, path)
+
+
+def begin_checkpoint(path: Path) -> Path:
+    """A fresh temporary folder beside ``path`` that a checkpoint is written into."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def write_checkpoint_files(tmp: Path, weights: dict[str, torch.Tensor], meta: dict[str, Any], tokenizer=None,
+                           optimizer: torch.optim.Optimizer | None = None,
+                           trainer: dict[str, Any] | None = None) -> None:
+    save_file(weights, str(tmp / WEIGHTS))
+    _write_json(tmp / CONFIG, meta)
+    if tokenizer is not None:
+        tokenizer.save(tmp / TOKENIZER)
+    if optimizer is not None:
+        tensors, opt_meta = _optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / OPTIMIZER), metadata={"meta": json.dumps(opt_meta)})
+    if trainer is not None:
+        _write_json(tmp / TRAINER, {**trainer, "rng": rng_state()})
+    for f in tmp.iterdir():
+        if f.is_file():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def swap_in(tmp: Path, path: Path) -> Path:
+    """Put the finished ``tmp`` in ``path``'s place with renames, keeping ``path.old`` until the
+    new folder is in, so that a kill at any moment leaves one good checkpoint."""
+    old = path.with_name(path.name + ".old")
     if path.exists():  # else a kill interrupted the last swap, and ``old`` is the good one: keep it
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
@@ -205,6 +238,77 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any], to
     _fsync_dir(path.parent)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+SHARDED = "dcp"  # beside the weights: the sharded model and optimizer state of an FSDP run
+
+
+def is_sharded(path: str | Path) -> bool:
+    return (find_checkpoint(path) / SHARDED).is_dir()
+
+
+def save_sharded_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                            meta: dict[str, Any], tokenizer=None, trainer: dict[str, Any] | None = None,
+                            main: bool = True) -> Path:
+    """Every rank of an FSDP run calls this: each writes its shards of the model and optimizer
+    with Distributed Checkpoint into ``dcp/``, rank 0 the whole weights as ``model.safetensors``
+    (for inference, as any checkpoint) and the rest; then rank 0 swaps the folder in atomically."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    from .distributed import barrier
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if main:
+        begin_checkpoint(path)
+    barrier()
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    model_state, optim_state = get_state_dict(model, optimizer)
+    failed = None
+    try:
+        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp / SHARDED))
+        if main:
+            write_checkpoint_files(tmp, untied(full), meta, tokenizer, None, trainer)
+    except OSError as e:
+        failed = e
+    barrier()
+    if failed is not None:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write checkpoint {path}: {failed}") from failed
+    if main:
+        swap_in(tmp, path)
+    barrier()
+    return path
+
+
+def load_sharded_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Model and optimizer state from an FSDP run's ``dcp/``, resharded to however many ranks
+    (one included) this run has."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+    folder = find_checkpoint(path) / SHARDED
+    if not (folder / ".metadata").is_file():
+        raise CheckpointError(f"checkpoint {folder.parent}: {folder.name}/ has no .metadata; the sharded state was "
+                              f"not written completely, so it cannot be resumed")
+    model_state, optim_state = get_state_dict(model, optimizer)
+    stored = set(dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata)
+    lacking = [k for k in model_state if f"model.{k}" not in stored]
+    if lacking:
+        raise CheckpointError(f"checkpoint {folder.parent} does not fit the model: its sharded state lacks "
+                              f"{len(lacking)} weights, e.g. {lacking[:3]}")
+    # A parameter no batch has used yet (an embedder of a modality the data lacks) has no AdamW
+    # state in the checkpoint: it keeps the empty state it has here.
+    optim_state["state"] = {name: value for name, value in optim_state["state"].items()
+                            if any(k.startswith(f"optimizer.state.{name}.") for k in stored)}
+    state = {"model": model_state, "optimizer": optim_state}
+    try:
+        dcp.load(state, checkpoint_id=str(folder))
+    except Exception as e:  # DCP raises its own CheckpointException for missing or mismatched shards
+        raise CheckpointError(f"checkpoint {folder.parent}: the sharded state does not fit this model ({e})") from None
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(strict=False))  # the model's keys were checked above
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -332,12 +436,15 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
 STEPS_DIR = "steps"  # beside best/ and last/: the weights of each save_every step, when train.keep_checkpoints asks
 
 
-def keep_step_checkpoint(out_dir: str | Path, step: int, save: Any, keep: int) -> Path:
+def keep_step_checkpoint(out_dir: str | Path, step: int, save: Any, keep: int, prune: bool = True) -> Path:
     """Save this step's weights as ``out_dir/steps/NNNNNNN`` (``save(path)`` writes it) and delete
-    all but the newest ``keep`` of them: what ``average_checkpoints`` averages."""
+    all but the newest ``keep`` of them (with ``prune``: rank 0 of several): what
+    ``average_checkpoints`` averages."""
     steps = Path(out_dir) / STEPS_DIR
     path = steps / f"{step:07d}"
     save(path)
+    if not prune:
+        return path
     done = sorted(p for p in steps.iterdir() if p.is_dir() and p.name.isdigit())
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -11,6 +11,7 @@ the run (``nonfinite``).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import time
@@ -27,7 +28,9 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data.batching import BucketBatchSampler, SkippingCollate, TrainingSamples
+from ..data.shards import ShardBatchSampler, shard_of
 from . import checkpoint as ckpt
+from . import distributed
 from .optim import build_optimizer, build_scheduler
 
 
@@ -79,6 +82,7 @@ class Curriculum:
 
 
 SHOWN_BAD = 10  # bad files an error lists
+SAMPLE_LOG = "samples.jsonl"  # with train.log_samples: each step's samples and loss
 
 
 class BadDataError(ValueError):
@@ -123,17 +127,41 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
     (all of them afterwards); ``--resume`` continues either phase exactly.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    ranks = distributed.init(device.type, cfg.parallel)
+    mode = distributed.resolve_parallel(cfg.parallel, ranks.world)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", ranks.local_rank)
+    if ranks.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     model.to(device)
-    optimizer = build_optimizer(model, cfg, device)
+    last_dir, best_dir = out_dir / "last", out_dir / "best"
+    if resume and mode != "fsdp":  # the whole weights, before DDP copies them to every rank
+        ckpt.load_weights(last_dir, model)
+    if cfg.activation_checkpointing:
+        distributed.checkpoint_activations(model)
+    trained = distributed.wrap(model, mode, device)
+    optimizer = build_optimizer(model, cfg, device, sharded=mode == "fsdp")
     scheduler = build_scheduler(optimizer, cfg)
     lengths = lengths if lengths is not None else [0] * len(train_set)
-    sampler = BucketBatchSampler(lengths, cfg.batch_size, shuffle=True, drop_last=len(train_set) >= cfg.batch_size,
-                                 seed=cfg.seed)
+    samples = getattr(train_set, "samples", None)
+    shards = shard_of(samples) if isinstance(samples, list) and len(samples) == len(train_set) else None
+
+    def batch_sampler(indices: Sequence[int], seed: int):
+        """Batches of similar length over ``indices``: from tar shards, shard by shard through a
+        shuffle buffer; from a manifest, from anywhere in it."""
+        picked = [lengths[i] for i in indices]
+        drop_last = len(picked) >= cfg.batch_size
+        if shards is not None:
+            return ShardBatchSampler(picked, cfg.batch_size, shuffle=True, drop_last=drop_last, seed=seed,
+                                     shards=[shards[i] for i in indices])
+        return BucketBatchSampler(picked, cfg.batch_size, shuffle=True, drop_last=drop_last, seed=seed)
+
+    sampler = batch_sampler(range(len(train_set)), cfg.seed)
     if len(sampler) == 0:
         raise ValueError(f"{name}: the training set is empty")
     warm_batches = curriculum.steps * cfg.grad_accum if curriculum is not None and curriculum.steps else 0
@@ -141,18 +169,23 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
         raise ValueError(f"{name}: the curriculum's {curriculum.steps} steps have no training sample to draw from "
                          f"({curriculum.what})")
     warm = curriculum.indices if warm_batches else []
-    warm_sampler = BucketBatchSampler([lengths[i] for i in warm], cfg.batch_size, shuffle=True,
-                                      drop_last=len(warm) >= cfg.batch_size, seed=cfg.seed + 1) if warm_batches else None
+    warm_sampler = batch_sampler(warm, cfg.seed + 1) if warm_batches else None
 
     step, best_score, best_step = 0, None, None
     bad: dict[int, str] = {}  # training samples whose media could not be used, and why
     skipped_steps, skipped_in_a_row = 0, 0
     allowed_bad = int(cfg.max_bad_fraction * len(train_set))
-    last_dir, best_dir = out_dir / "last", out_dir / "best"
     if resume:
         state = ckpt.read_trainer_state(last_dir)
-        ckpt.load_weights(last_dir, model)
-        ckpt.load_optimizer(last_dir, optimizer)
+        sharded = ckpt.is_sharded(last_dir)
+        if sharded != (mode == "fsdp"):
+            raise ckpt.CheckpointError(
+                f"{last_dir} was written by a run with train.parallel={'fsdp' if sharded else 'none or ddp'}; "
+                f"resume it with the same setting (any number of ranks)")
+        if sharded:
+            ckpt.load_sharded_checkpoint(last_dir, model, optimizer)
+        else:
+            ckpt.load_optimizer(last_dir, optimizer)
         step, best_score, best_step = state["step"], state.get("best_score"), state.get("best_step")
         bad = {int(i): why for i, why in state.get("bad_samples", [])}
         skipped_steps = state.get("skipped_steps", 0)
@@ -162,14 +195,18 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
         if step >= cfg.steps:
             return FitResult(step, best_score, best_step)
 
-    from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(str(out_dir / "tb"), purge_step=step if resume else None)
-    compiled = torch.compile(model) if cfg.compile else model
+    writer = None
+    if ranks.main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out_dir / "tb"), purge_step=step if resume else None)
+    compiled = torch.compile(trained) if cfg.compile else trained
     amp = autocast_context(device, cfg.precision)
+    sample_log = (out_dir / SAMPLE_LOG).open("a") if cfg.log_samples and ranks.main else None
 
     def trainer_state() -> dict[str, Any]:
         return {"step": step, "best_score": best_score, "best_step": best_step, "name": name,
-                "bad_samples": sorted(bad.items()), "skipped_steps": skipped_steps}
+                "bad_samples": sorted(bad.items()), "skipped_steps": skipped_steps,
+                "ranks": ranks.world, "parallel": mode}
 
     def count_bad(found: list[tuple[int, str]]) -> None:
         """Log each newly found bad sample once; stop past ``max_bad_fraction``, listing them."""
@@ -177,7 +214,7 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
             if index in bad:
                 continue
             bad[index] = why
-            bar.write(f"[{name}] skipping sample {sample_ids(train_set, [index])}: {why}")
+            say(f"[{name}] skipping sample {sample_ids(train_set, [index])}: {why}")
         if len(bad) > allowed_bad:
             listed = "\n  ".join(list(bad.values())[:SHOWN_BAD])
             more = f"\n  and {len(bad) - SHOWN_BAD} more" if len(bad) > SHOWN_BAD else ""
@@ -197,14 +234,38 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
             raise FloatingPointError(f"{name}: {where}; stopping as train.nonfinite=stop asks ({kept}); lower "
                                      f"train.lr or check the data, then --resume")
         skipped_steps, skipped_in_a_row = skipped_steps + 1, skipped_in_a_row + 1
-        bar.write(f"[{name}] skipped step: {where}")
+        say(f"[{name}] skipped step: {where}")
         if skipped_in_a_row >= cfg.max_skipped_steps:
             raise FloatingPointError(f"{name}: {skipped_in_a_row} steps in a row were not finite (last: {where}); "
                                      f"the run has diverged ({kept}); lower train.lr, then --resume")
 
+    def run_evaluation() -> dict[str, Any]:
+        """The task's evaluation of the model: on rank 0 alone under DDP (the others wait for its
+        score), on every rank under FSDP (each forward gathers the shards)."""
+        if mode == "ddp" and not ranks.main:
+            return {}
+        with distributed.whole_for_eval(trained, mode) as whole:
+            return evaluate(whole)
+
+    def say(line: str) -> None:
+        if ranks.main:
+            bar.write(line)
+
     def save(path: Path, with_optimizer: bool) -> None:
-        ckpt.save_checkpoint(path, model, meta, tokenizer, optimizer if with_optimizer else None,
-                             trainer_state() if with_optimizer else None)
+        if mode == "fsdp":
+            if with_optimizer:
+                ckpt.save_sharded_checkpoint(path, model, optimizer, meta, tokenizer, trainer_state(), ranks.main)
+            else:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+                full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+                if ranks.main:
+                    ckpt.save_checkpoint(path, None, meta, tokenizer, weights=ckpt.untied(full))
+                distributed.barrier()
+            return
+        if ranks.main:
+            ckpt.save_checkpoint(path, model, meta, tokenizer, optimizer if with_optimizer else None,
+                                 trainer_state() if with_optimizer else None)
+        distributed.barrier()
 
     def epoch_orders(batch_sampler: BucketBatchSampler, position: int, indices=None):
         """(epoch, batches) from micro-batch ``position`` on; the order depends only on seed and epoch."""
@@ -226,6 +287,7 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
                     order = order[:budget]
                     budget -= len(order)
                 gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + offset)
+                order = [ranks.slice(b) for b in order] if ranks.world > 1 else order
                 yield from DataLoader(TrainingSamples(train_set, cfg.seed * 100_003 + offset, epoch), batch_sampler=order,
                                       collate_fn=SkippingCollate(collate_fn), num_workers=cfg.workers,
                                       generator=gen, worker_init_fn=_worker_init, pin_memory=device.type == "cuda")
@@ -236,39 +298,68 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
     sums: dict[str, float] = {}
     counted, samples_seen, t_start, t_window = 0, 0, time.perf_counter(), time.perf_counter()
     samples_window = 0
-    bar = tqdm(total=cfg.steps, initial=step, desc=name, disable=not cfg.progress, dynamic_ncols=True,
-               unit="step", leave=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc=name, disable=not (cfg.progress and ranks.main),
+               dynamic_ncols=True, unit="step", leave=True)
     metrics: dict[str, float] = {}
+    spare: dict[str, Any] | None = None  # this rank's last good micro-batch (see below)
     try:
         while step < cfg.steps:
-            model.train()
+            trained.train()
+            if ranks.world > 1:
+                torch.manual_seed(distributed.step_seed(cfg.seed, step, ranks.rank))
             step_sums: dict[str, float] = {}
             step_indices: list[int] = []
             finite, step_counted = True, 0
             for _ in range(cfg.grad_accum):
                 batch = next(batches)
+                weight, n_good = 1.0, len(batch["index"])
+                if ranks.world > 1:
+                    # Every rank must take part in each forward and backward (DDP and FSDP
+                    # communicate in them), so the ranks agree first on what this micro-batch
+                    # holds: a rank whose slice has nothing usable runs its last good micro-batch
+                    # at weight 0; if one has none yet, all skip it.
+                    n_good, n_bad, stranded = distributed.all_sum(
+                        [len(batch["index"]), len(batch["bad"]), float(len(batch["index"]) == 0 and spare is None)])
+                    if n_bad:
+                        batch["bad"] = [tuple(b) for b in distributed.gather_json(batch["bad"])]
+                    if stranded:
+                        n_good = 0
+                    weight = len(batch["index"]) * ranks.world / max(n_good, 1)
                 if batch["bad"]:
                     count_bad(batch["bad"])
-                if len(batch["index"]) == 0 or not finite:
+                if n_good == 0 or not finite:
                     continue  # nothing usable in this micro-batch, or the step is lost already
-                batch = move_to(batch, device)
-                step_indices.extend(batch["index"].tolist())
+                if len(batch["index"]) == 0:
+                    batch = spare
+                else:
+                    batch = spare = move_to(batch, device)
+                    step_indices.extend(batch["index"].tolist())
                 with amp:
                     out = compiled(batch)
                 loss = out["loss"]
-                if not torch.isfinite(loss):
-                    finite = False
-                    nonfinite_step(f"loss {loss.item()}", step_indices)
-                    continue
-                (loss / cfg.grad_accum).backward()
+                if ranks.world == 1:
+                    if not torch.isfinite(loss):
+                        finite = False
+                        nonfinite_step(f"loss {loss.item()}", step_indices)
+                        continue
+                    (loss / cfg.grad_accum).backward()
+                else:  # a non-finite loss on any rank shows in the reduced gradient's norm, on every rank
+                    (loss * (weight / cfg.grad_accum)).backward()
                 for k, v in out.items():
                     if isinstance(v, torch.Tensor) and v.ndim == 0:
-                        step_sums[k] = step_sums.get(k, 0.0) + float(v.detach())
+                        step_sums[k] = step_sums.get(k, 0.0) + float(v.detach()) * weight
                 step_counted += 1
+            if ranks.world > 1:  # the step's means over every rank's samples
+                keys = sorted(step_sums)
+                totals = distributed.all_sum([step_sums[k] for k in keys] + [step_counted])
+                step_counted = round(totals[-1] / ranks.world)
+                step_sums = {k: v / ranks.world for k, v in zip(keys, totals)}
             grads = [p.grad for p in model.parameters() if p.grad is not None]
-            if finite and grads:
-                grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip
+            if finite and (grads or ranks.world > 1):
+                grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+                             if cfg.grad_clip or mode == "fsdp"
                              else torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+                grad_norm = distributed.full_tensor(grad_norm)
                 if torch.isfinite(grad_norm):
                     step_sums["grad_norm"] = float(grad_norm) * step_counted
                 else:
@@ -280,16 +371,24 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
                 for k, v in step_sums.items():
                     sums[k] = sums.get(k, 0.0) + v
                 counted += step_counted
-                samples_seen += len(step_indices)
-                samples_window += len(step_indices)
+                seen = len(step_indices) if ranks.world == 1 else int(distributed.all_sum([len(step_indices)])[0])
+                samples_seen += seen
+                samples_window += seen
             with warnings.catch_warnings():  # a skipped step has no optimizer.step(); the schedule still moves on
                 warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
+            if cfg.log_samples:
+                everyone = distributed.gather_json(step_indices) if ranks.world > 1 else [step_indices]
+                if sample_log is not None:
+                    means = {k: step_sums.get(k, 0.0) / max(step_counted, 1) for k in ("loss", "grad_norm")}
+                    sample_log.write(json.dumps({"step": step, **means, "time": time.time(),
+                                                 "samples": sorted(i for part in everyone for i in part)}) + "\n")
+                    sample_log.flush()
 
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
                 now = time.perf_counter()
                 rate = samples_window / max(now - t_window, 1e-9)
                 means = {k: v / max(counted, 1) for k, v in sums.items()}
@@ -303,28 +402,36 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
                 sums, counted, samples_window, t_window = {}, 0, 0, now
 
             if evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-                metrics = evaluate(model)
-                for k, v in metrics.items():
-                    if isinstance(v, (int, float)) and math.isfinite(v):
-                        writer.add_scalar(f"{name}_eval/{k}", v, step)
+                metrics = run_evaluation()
                 score = metrics.get(score_key)
+                if ranks.world > 1:  # rank 0's score for all (under DDP only rank 0 evaluates)
+                    scored = ranks.main and score is not None
+                    has, value = distributed.all_sum([float(scored), float(score) if scored else 0.0])
+                    score = value if has else None
                 if score is not None and (best_score is None or score > best_score):
                     best_score, best_step = float(score), step
                     save(best_dir, with_optimizer=False)
-                bar.write(f"[{name}] step {step}: " + ", ".join(
-                    f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+                if ranks.main:
+                    for k, v in metrics.items():
+                        if isinstance(v, (int, float)) and math.isfinite(v):
+                            writer.add_scalar(f"{name}_eval/{k}", v, step)
+                    say(f"[{name}] step {step}: " + ", ".join(
+                        f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
             if step % cfg.save_every == 0 or step == cfg.steps:
                 save(last_dir, with_optimizer=True)
                 if cfg.keep_checkpoints:
                     ckpt.keep_step_checkpoint(out_dir, step, lambda p: save(p, with_optimizer=False),
-                                              cfg.keep_checkpoints)
+                                              cfg.keep_checkpoints, prune=ranks.main)
     except KeyboardInterrupt:
-        bar.write(f"[{name}] interrupted at step {step}: saving {last_dir} so that --resume continues here")
+        say(f"[{name}] interrupted at step {step}: saving {last_dir} so that --resume continues here")
         save(last_dir, with_optimizer=True)
         raise
     finally:
         bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
+        if sample_log is not None:
+            sample_log.close()
     if best_score is None:  # no evaluation: the last weights are the best we know
         save(best_dir, with_optimizer=False)
     elapsed = time.perf_counter() - t_start

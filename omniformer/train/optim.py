@@ -27,8 +27,11 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, **adamw_speed_kwargs(device))
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, sharded: bool = False) -> torch.optim.AdamW:
+    """AdamW over ``parameter_groups``; ``sharded`` (FSDP2's DTensor parameters): the ``foreach``
+    implementation, which takes DTensors on every device."""
+    speed = {"foreach": True} if sharded else adamw_speed_kwargs(device)
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, **speed)
     return torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), **kwargs)
 
 
