@@ -135,10 +135,15 @@ def straight(data) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_processes_equal_one(data, straight, parallel):
-    out = data.parent / f"two-{parallel}"
-    train(2, recipe(data, out, parallel=parallel))
+@pytest.mark.parametrize("parallel,accumulate", [("ddp", 1), ("fsdp", 1), ("ddp", 2)])
+def test_two_processes_equal_one(data, straight, parallel, accumulate):
+    """The same global batch on 2 processes; with gradient accumulation, micro-batches of 4 (2 a rank)."""
+    out = data.parent / f"two-{parallel}-{accumulate}"
+    accumulation = {"grad_accum": accumulate, "batch_size": 8 // accumulate}
+    if accumulate > 1:
+        straight = data.parent / f"one-{accumulate}"
+        train(1, recipe(data, straight, **accumulation))
+    train(2, recipe(data, out, parallel=parallel, **accumulation))
     reference = steps_of(straight)
     assert_same_run(steps_of(out), reference, f"2-process {parallel}")
     assert_same_weights(out, straight, f"2-process {parallel}")
@@ -236,3 +241,48 @@ def test_shards_are_read_the_same_by_one_process_and_by_two(data, straight):
     assert_same_run(steps_of(two), steps_of(one), "2-process DDP from shards")
     from_manifest = steps_of(straight)
     assert any(steps_of(one)[k]["samples"] != from_manifest[k]["samples"] for k in from_manifest)
+
+
+def test_activation_checkpointing_recomputes_the_same_gradients(tmp_path):
+    """Blocks whose activations are recomputed in the backward pass train to the same weights."""
+    import torch
+    from torch import nn
+
+    from omniformer.config import TrainConfig
+    from omniformer.model.transformer import Encoder
+    from omniformer.train.distributed import checkpoint_activations
+    from omniformer.train.loop import fit
+
+    class Tokens(torch.utils.data.Dataset):
+        def __len__(self):
+            return 32
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            return {"index": i, "x": torch.randn(5, 16, generator=g), "y": i % 2}
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.encoder, self.head = Encoder(2, 16, 2, 32), nn.Linear(16, 2)
+
+        def forward(self, batch):
+            return {"loss": nn.functional.cross_entropy(self.head(self.encoder(batch["x"]).mean(1)), batch["y"])}
+
+    def collate(items):
+        return {"index": torch.tensor([it["index"] for it in items]), "x": torch.stack([it["x"] for it in items]),
+                "y": torch.tensor([it["y"] for it in items])}
+
+    weights = []
+    for recompute in (False, True):
+        model = Model()
+        if recompute:
+            assert checkpoint_activations(Model()) == 2
+        fit(model, Tokens(), TrainConfig(steps=4, batch_size=8, workers=0, progress=False, save_every=4, lr=1e-2,
+                                          activation_checkpointing=recompute),
+            tmp_path / str(recompute), collate_fn=collate, meta={})
+        weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    assert weights[0].keys() == weights[1].keys()
+    for k in weights[0]:
+        assert torch.allclose(weights[0][k], weights[1][k], atol=1e-6), k
