@@ -24,7 +24,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .manifest import MediaError, load_media, resolve
+from .manifest import MediaError, load_media, open_media, resolve
 from .text import Tokenizer
 
 IGNORE = -100
@@ -142,7 +142,8 @@ class MultimodalDataset(Dataset):
         """A recording's length in seconds from its header; 0 for one that cannot be read (it is
         reported when it is loaded)."""
         try:
-            return sf.info(str(resolve(self.manifest, relative))).duration
+            with open_media(resolve(self.manifest, relative)) as f:  # a file or a tar shard's member
+                return sf.info(f).duration
         except (RuntimeError, OSError, ValueError):  # soundfile's LibsndfileError is a RuntimeError
             return 0.0
 
@@ -288,3 +289,122 @@ def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -
         total += ls.max() * len(ls)
         padded += (ls.max() - ls).sum()
     return float(padded / total) if total else 0.0
+
+
+# -- Static shapes for compiled steps ------------------------------------------------------------
+
+def bucket_edges(cap: int | None, first: int = 16, limit: int = 1 << 20) -> list[int]:
+    """Powers of two from ``first`` up to ``cap`` (exclusive), then ``cap`` itself; without a
+    cap, powers of two up to ``limit``. Why powers of two: a length pads by less than 2x and
+    a model's whole range of lengths takes a handful of shapes (log2(cap / first) + 1)."""
+    top = limit if cap is None else int(cap)
+    edges, e = [], max(1, int(first))
+    while e < top:
+        edges.append(e)
+        e *= 2
+    return edges + [top]
+
+
+def static_edges(model: Any) -> dict[str, list[int]]:
+    """The edges ``StaticShapes`` uses for ``model``'s batches, each list capped by what the
+    model can read, so that padding never runs past its positions: ``text`` by the backbone's
+    ``text.max_len``, ``audio`` by its ``audio.max_frames``, ``target`` by a decoder's
+    positions; ``transcript`` (a target no position table reads) in uncapped powers of two."""
+    from ..model.decoder import TextDecoder
+    from ..model.fusion import Omniformer
+    caps: dict[str, int] = {}
+
+    def cap(key: str, n: int) -> None:
+        caps[key] = min(caps.get(key, n), int(n))
+
+    for module in model.modules():
+        if isinstance(module, Omniformer):
+            if "text" in module.modalities:
+                cap("text", module.cfg.text.max_len)
+            if "audio" in module.modalities:
+                cap("audio", module.cfg.audio.max_frames)
+        elif isinstance(module, TextDecoder):
+            cap("target", module.max_positions)
+    edges = {key: bucket_edges(n, first=64 if key == "audio" else 16) for key, n in caps.items()}
+    edges["transcript"] = bucket_edges(None, first=16)
+    return edges
+
+
+class StaticShapes:
+    """``collate_fn`` whose batches have their variable lengths padded up to fixed edges, so that
+    a compiled step (``torch.compile(dynamic=False)``, CUDA graphs) meets a few shapes and reuses
+    their graphs instead of compiling one per batch length.
+
+    ``edges`` maps a batch key to ascending lengths (``static_edges(model)`` gives a model's, see
+    ``for_model``); a key without its own takes those of the modality it is padded like
+    (``PADDED_LIKE``: ``transcript`` and ``target`` like ``text``). A key is padded when it has
+    edges and a ``<key>_mask`` of shape (B, T) whose T is its own last axis (the layout
+    ``Modality.collate`` gives every sequence: text, audio, transcript, target): the value is
+    padded along its last axis up to the smallest edge >= T, with the pad id for text-like keys
+    (``pad_id``, as ``collate`` uses), the modality's ``pad_value`` for a registered one, or
+    ``pad_values[key]``, and the mask with False. Every other entry is left as it is: fixed
+    sizes (``image``, masks of shape (B,)), per-sample values (``index``, ``answer``, ``label``,
+    -100 where a sample has none, which has no length axis), ``bad``, and any key it does not
+    know, even one whose length happens to equal a padded one (nothing says that axis is a
+    length). A length past the last edge is kept (never cut). No task's batch holds -100 along
+    a length axis (targets are masked by their ``_mask``, and the models turn padding into -100
+    themselves), so nothing is padded with it unless ``pad_values`` says so. The batch axis is
+    not padded: rows of padding would change the losses that average over rows.
+
+    The models give the same numbers whatever the padding (masks), so a padded batch has the
+    loss of the unpadded one; the objectives that draw random masks over a batch's positions
+    (pretraining's MLM and masked patches) draw them over the padded shape, so one seed picks
+    other positions with and without static shapes.
+    """
+
+    def __init__(self, collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]],
+                 edges: dict[str, Sequence[int]], *, pad_id: int = 0, pad_values: dict[str, float] | None = None):
+        self.collate_fn, self.pad_id = collate_fn, pad_id
+        self.pad_values = dict(pad_values or {})
+        self.edges: dict[str, list[int]] = {}
+        for key, values in edges.items():
+            values = [int(v) for v in values]
+            if not values or values != sorted(set(values)) or values[0] < 1:
+                raise ValueError(f"static shapes: edges for {key!r} must be ascending positive lengths, got {values}")
+            self.edges[key] = values
+
+    @classmethod
+    def for_model(cls, collate_fn: Callable, model: Any, **kwargs: Any) -> "StaticShapes":
+        """``collate_fn`` padded to the edges ``static_edges(model)`` gives."""
+        return cls(collate_fn, static_edges(model), **kwargs)
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.pad(self.collate_fn(items))
+
+    def edges_of(self, key: str) -> list[int] | None:
+        return self.edges.get(key, self.edges.get(PADDED_LIKE.get(key, "")))
+
+    def pad_value(self, key: str) -> float:
+        if key in self.pad_values:
+            return self.pad_values[key]
+        name = PADDED_LIKE.get(key, key)
+        if name == "text":
+            return self.pad_id
+        from ..registry import get_modality, modality_names
+        return get_modality(name).pad_value if name in modality_names() else 0
+
+    def pad(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch`` with each sequence it knows padded up to its edge (a new dict; tensors
+        that need no padding are shared)."""
+        out = dict(batch)
+        for key, value in batch.items():
+            mask, edges = batch.get(f"{key}_mask"), self.edges_of(key)
+            if (edges is None or not isinstance(value, torch.Tensor) or not isinstance(mask, torch.Tensor)
+                    or mask.ndim != 2 or value.ndim < 2 or value.shape[0] != mask.shape[0]
+                    or value.shape[-1] != mask.shape[1]):
+                continue
+            length = mask.shape[1]
+            edge = next((e for e in edges if e >= length), length)
+            if edge == length:
+                continue
+            padded = value.new_full((*value.shape[:-1], edge), self.pad_value(key))
+            padded[..., :length] = value
+            wider = mask.new_zeros((mask.shape[0], edge))
+            wider[:, :length] = mask
+            out[key], out[f"{key}_mask"] = padded, wider
+        return out
