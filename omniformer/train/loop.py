@@ -27,10 +27,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from ..data.batching import BucketBatchSampler, SkippingCollate, TrainingSamples
+from ..data.batching import BucketBatchSampler, SkippingCollate, StaticShapes, TrainingSamples
 from ..data.shards import ShardBatchSampler, shard_of
 from . import checkpoint as ckpt
 from . import distributed
+from .compiled import compile_step
 from .optim import build_optimizer, build_scheduler
 
 
@@ -199,7 +200,9 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
     if ranks.main:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out_dir / "tb"), purge_step=step if resume else None)
-    compiled = torch.compile(trained) if cfg.compile else trained
+    compiled = compile_step(trained, cfg, device)
+    if cfg.static_shapes:  # lengths padded to a few edges: compiled graphs are reused
+        collate_fn = StaticShapes.for_model(collate_fn, model)
     amp = autocast_context(device, cfg.precision)
     sample_log = (out_dir / SAMPLE_LOG).open("a") if cfg.log_samples and ranks.main else None
 
@@ -240,11 +243,10 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
                                      f"the run has diverged ({kept}); lower train.lr, then --resume")
 
     def run_evaluation() -> dict[str, Any]:
-        """The task's evaluation of the model: on rank 0 alone under DDP (the others wait for its
-        score), on every rank under FSDP (each forward gathers the shards)."""
-        if mode == "ddp" and not ranks.main:
-            return {}
-        with distributed.whole_for_eval(trained, mode) as whole:
+        """The task's evaluation of the model on every rank: under DDP each scores a share of the
+        samples where the task's scoring is split (``distributed.in_shares``), under FSDP all
+        run every forward (each gathers the shards)."""
+        with distributed.whole_for_eval(trained, mode) as whole, distributed.evaluation_in_shares(mode == "ddp"):
             return evaluate(whole)
 
     def say(line: str) -> None:
@@ -404,7 +406,7 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
             if evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
                 metrics = run_evaluation()
                 score = metrics.get(score_key)
-                if ranks.world > 1:  # rank 0's score for all (under DDP only rank 0 evaluates)
+                if ranks.world > 1:  # rank 0's score for all, whatever the float rounding elsewhere
                     scored = ranks.main and score is not None
                     has, value = distributed.all_sum([float(scored), float(score) if scored else 0.0])
                     score = value if has else None
