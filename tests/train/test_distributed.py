@@ -147,6 +147,10 @@ def test_two_processes_equal_one(data, straight, parallel, accumulate):
     reference = steps_of(straight)
     assert_same_run(steps_of(out), reference, f"2-process {parallel}")
     assert_same_weights(out, straight, f"2-process {parallel}")
+    # Evaluation (DDP: each rank scored half the validation set) chose the same best step.
+    states = [json.loads((p / "classify" / "last" / "trainer.json").read_text()) for p in (out, straight)]
+    assert states[0]["best_step"] == states[1]["best_step"]
+    assert states[0]["best_score"] == pytest.approx(states[1]["best_score"], abs=1e-9)
     for name in ("last", "best"):  # inference reads the whole weights, whatever wrote them
         assert (out / "classify" / name / "model.safetensors").is_file()
     assert (out / "classify" / "last" / "dcp").is_dir() == (parallel == "fsdp")
@@ -286,3 +290,32 @@ def test_activation_checkpointing_recomputes_the_same_gradients(tmp_path):
     assert weights[0].keys() == weights[1].keys()
     for k in weights[0]:
         assert torch.allclose(weights[0][k], weights[1][k], atol=1e-6), k
+
+
+SHARES = """
+import torch, torch.distributed as dist
+from omniformer.train import distributed
+dist.init_process_group("gloo")
+items = list(range(7))
+with distributed.evaluation_in_shares(True):
+    rows = distributed.in_shares(items, lambda part: torch.tensor([[i, 10 * i] for i in part], dtype=torch.float32))
+    words = distributed.in_shares(items, lambda part: [f"w{i}" for i in part])
+    seen = distributed.in_shares(items, lambda part: [dist.get_rank()] * len(part))
+alone = distributed.in_shares(items, lambda part: [len(part)] * len(part))
+assert rows[:, 0].tolist() == items and rows[:, 1].tolist() == [10 * i for i in items], rows
+assert words == [f"w{i}" for i in items], words
+assert seen == [i % 2 for i in items], seen
+assert alone == [7] * 7, alone
+print("ok", dist.get_rank())
+"""
+
+
+def test_evaluation_in_shares_gathers_every_rank_s_rows_in_order(tmp_path):
+    """Each of 2 ranks computes every other item (7 items: 4 and 3); both get all rows back in
+    order, tensors and JSON alike; outside ``evaluation_in_shares`` nothing is split."""
+    script = tmp_path / "shares.py"
+    script.write_text(SHARES)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+                          "--nproc-per-node=2", str(script)], capture_output=True, text=True, timeout=120, env=ENV)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(line for line in run.stdout.splitlines() if line.startswith("ok")) == ["ok 0", "ok 1"]

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from ...config import ConfigError, RunConfig
 from ...data.batching import collate
+from ...train.distributed import in_shares
 from ...train.loop import fit, seed_everything
 from ..base import Evaluation, ServeLimits, Service, Task
 from ..common import load_for_evaluation, require_split
@@ -44,15 +45,19 @@ def transcribe_samples(transcriber: Transcriber, manifest: str | Path, samples: 
                        workers: int = 0, batch_size: int = 64, decoder: str | None = None) -> list[str]:
     """The transcriber's text for each of ``samples`` (their first ``audio.max_seconds``), in order."""
     model = transcriber.model.eval()
-    dataset = asr_dataset(manifest, samples, transcriber.cfg, transcriber.alphabet, train=False)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
     device = next(model.parameters()).device
-    texts = []
-    for batch in loader:
-        out = model({k: v.to(device) for k, v in batch.items() if k in ("audio", "audio_mask")})
-        for hyp in transcriber.decode(out["log_probs"].cpu(), out["lengths"].cpu(), decoder):
-            texts.append(to_text(hyp.tokens, transcriber.alphabet.labels).strip())
-    return texts
+
+    def transcribe(part: Sequence[dict]) -> list[str]:
+        dataset = asr_dataset(manifest, part, transcriber.cfg, transcriber.alphabet, train=False)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+        texts = []
+        for batch in loader:
+            out = model({k: v.to(device) for k, v in batch.items() if k in ("audio", "audio_mask")})
+            for hyp in transcriber.decode(out["log_probs"].cpu(), out["lengths"].cpu(), decoder):
+                texts.append(to_text(hyp.tokens, transcriber.alphabet.labels).strip())
+        return texts
+
+    return in_shares(samples, transcribe)  # a share on each rank of a DDP run
 
 
 def score(transcriber: Transcriber, manifest: str | Path, samples: Sequence[dict], groups: Sequence[str] = (),

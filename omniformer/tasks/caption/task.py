@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 from ...config import ConfigError, RunConfig
 from ...data.batching import collate
+from ...train.distributed import in_shares
 from ...data.manifest import manifest_exists, resolve
 from ...generation_flags import add_generation_arguments, generation_options
 from ...registry import get_dataset, get_modality, UnknownTask
@@ -63,10 +64,12 @@ def score(captioner: Captioner, groups: Sequence[tuple[dict, list[str]]], manife
           judge: Callable[[dict, str], bool] | None, **options: Any) -> tuple[dict[str, float], list[str]]:
     """(metrics, captions) of one caption per input group; ``true_captions`` when there is a judge."""
     task = captioner.task_config
-    items = [captioner.prepare(**{m: resolve(manifest, s[m]) for m in task.inputs}) for s, _ in groups]
-    captions: list[str] = []
-    for start in range(0, len(items), 64):
-        captions.extend(captioner.caption_items(items[start:start + 64], **options))
+
+    def caption(part: Sequence[tuple[dict, list[str]]]) -> list[str]:
+        items = [captioner.prepare(**{m: resolve(manifest, s[m]) for m in task.inputs}) for s, _ in part]
+        return [c for start in range(0, len(items), 64) for c in captioner.caption_items(items[start:start + 64], **options)]
+
+    captions = in_shares(groups, caption)  # a share on each rank of a DDP run
     metrics = caption_metrics([refs for _, refs in groups], captions)
     if judge is not None:
         metrics["true_captions"] = sum(judge(s, c) for (s, _), c in zip(groups, captions)) / len(captions)

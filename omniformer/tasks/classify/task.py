@@ -22,6 +22,7 @@ from ..base import Evaluation, ExportGraph, ServeLimits, Service, Task
 from ..common import build_tokenizer, require_split
 from .config import ClassifyConfig
 from .data import ClassifyData, check_groups, check_inputs, classify_dataset, load_data, resolve_inputs
+from ...train.distributed import in_shares
 from .metrics import classification_metrics, confusion_png, confusion_text
 from .model import ClassifierModel
 from .predictor import TASK_NAME, ClassifyPredictor
@@ -33,14 +34,20 @@ def score(model: nn.Module, manifest: str | Path, samples: Sequence[dict], cfg: 
           workers: int = 0, batch_size: int | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """(metrics, details) of ``model`` on labelled ``samples`` (see ``classification_metrics``)."""
     model.eval()
-    dataset = classify_dataset(manifest, samples, cfg, task, tokenizer, labels, train=False)
-    loader = DataLoader(dataset, batch_size=batch_size or max(cfg.finetune.batch_size, 64), shuffle=False,
-                        num_workers=workers, collate_fn=collate)
-    logits, targets = [], []
-    for batch in loader:
-        targets.append(batch["label"])
-        logits.append(model({k: v.to(device) for k, v in batch.items() if k != "label"})["logits"].float().cpu())
-    return classification_metrics(torch.cat(logits), torch.cat(targets), labels, samples, task.groups)
+
+    def logits_and_targets(part: Sequence[dict]) -> torch.Tensor:
+        """(len(part), labels + 1): each sample's logits, then its target."""
+        dataset = classify_dataset(manifest, part, cfg, task, tokenizer, labels, train=False)
+        loader = DataLoader(dataset, batch_size=batch_size or max(cfg.finetune.batch_size, 64), shuffle=False,
+                            num_workers=workers, collate_fn=collate)
+        rows = [torch.empty(0, len(labels) + 1)]
+        for batch in loader:
+            logits = model({k: v.to(device) for k, v in batch.items() if k != "label"})["logits"].float().cpu()
+            rows.append(torch.cat([logits, batch["label"][:, None].float()], dim=1))
+        return torch.cat(rows)
+
+    rows = in_shares(samples, logits_and_targets)  # a share on each rank of a DDP run
+    return classification_metrics(rows[:, :-1], rows[:, -1].long(), labels, samples, task.groups)
 
 
 def _show(labels: Sequence[str] | None, count: int = 8) -> str:

@@ -19,13 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ...config import ModelConfig, RunConfig, from_dict, run_config_from
 from ...data.batching import IGNORE, MultimodalDataset, collate
 from ...data.text import Tokenizer
 from ...model import ClassifierHead, Omniformer, init_weights
 from ...train import checkpoint as ckpt
+from ...train.distributed import in_shares
 from ..common import audio_preprocessor, image_preprocessor
 from .config import QAConfig
 from .heads import BagOfWords, GuidedAnswerHead, WordSpotter
@@ -203,12 +204,14 @@ def predict(model: nn.Module, dataset: MultimodalDataset, batch_size: int = 128,
             device: torch.device | str = "cpu") -> torch.Tensor:
     """Answer logits for every sample of ``dataset``, in order."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
-    chunks = []
-    for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        chunks.append(model(batch)["logits"].float().cpu())
-    return torch.cat(chunks) if chunks else torch.empty(0)
+
+    def logits(indices: Sequence[int]) -> torch.Tensor:
+        loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=collate)
+        chunks = [model({k: v.to(device) for k, v in batch.items()})["logits"].float().cpu() for batch in loader]
+        return torch.cat(chunks) if chunks else torch.empty(0, len(dataset.answer_index or ()))
+
+    return in_shares(range(len(dataset)), logits)  # a share on each rank of a DDP run
 
 
 def accuracy_report(samples: Sequence[dict], predictions: Sequence[str], spoken: Sequence[bool],

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from ...config import ConfigError, RunConfig
 from ...data.batching import collate
+from ...train.distributed import in_shares
 from ...train.loop import fit, seed_everything
 from ...generation_flags import add_generation_arguments, generation_options
 from ..base import Evaluation, Task
@@ -35,7 +36,8 @@ def pairs_of(manifest: Path, task: TranslateConfig) -> dict[str, list[dict]]:
 def score(translator: Translator, samples: Sequence[dict], task: TranslateConfig,
           **options: Any) -> tuple[dict[str, float], list[str]]:
     """(BLEU, chrF and exact-match, hypotheses) on ``samples``."""
-    hypotheses = translator.translate([s[task.source] for s in samples], **options)
+    sources = [s[task.source] for s in samples]
+    hypotheses = in_shares(sources, lambda part: translator.translate(list(part), **options))  # DDP: a share a rank
     return translation_metrics([s[task.target] for s in samples], hypotheses), hypotheses
 
 
