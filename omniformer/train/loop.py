@@ -289,10 +289,14 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
                     order = order[:budget]
                     budget -= len(order)
                 gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + offset)
+                sizes = [len(b) for b in order]  # of the global micro-batches
                 order = [ranks.slice(b) for b in order] if ranks.world > 1 else order
-                yield from DataLoader(TrainingSamples(train_set, cfg.seed * 100_003 + offset, epoch), batch_sampler=order,
-                                      collate_fn=SkippingCollate(collate_fn), num_workers=cfg.workers,
-                                      generator=gen, worker_init_fn=_worker_init, pin_memory=device.type == "cuda")
+                loader = DataLoader(TrainingSamples(train_set, cfg.seed * 100_003 + offset, epoch), batch_sampler=order,
+                                    collate_fn=SkippingCollate(collate_fn), num_workers=cfg.workers,
+                                    generator=gen, worker_init_fn=_worker_init, pin_memory=device.type == "cuda")
+                for batch, size in zip(loader, sizes):
+                    batch["global_size"] = size
+                    yield batch
                 if budget == 0:
                     break
 
@@ -312,25 +316,26 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
             step_sums: dict[str, float] = {}
             step_indices: list[int] = []
             finite, step_counted = True, 0
+            step_bad: list[tuple[int, str]] = []  # several ranks: pooled at the step's end
             for _ in range(cfg.grad_accum):
                 batch = next(batches)
-                weight, n_good = 1.0, len(batch["index"])
-                if ranks.world > 1:
-                    # Every rank must take part in each forward and backward (DDP and FSDP
-                    # communicate in them), so the ranks agree first on what this micro-batch
-                    # holds: a rank whose slice has nothing usable runs its last good micro-batch
-                    # at weight 0; if one has none yet, all skip it.
-                    n_good, n_bad, stranded = distributed.all_sum(
-                        [len(batch["index"]), len(batch["bad"]), float(len(batch["index"]) == 0 and spare is None)])
-                    if n_bad:
-                        batch["bad"] = [tuple(b) for b in distributed.gather_json(batch["bad"])]
-                    if stranded:
-                        n_good = 0
-                    weight = len(batch["index"]) * ranks.world / max(n_good, 1)
-                if batch["bad"]:
-                    count_bad(batch["bad"])
-                if n_good == 0 or not finite:
-                    continue  # nothing usable in this micro-batch, or the step is lost already
+                weight = 1.0
+                if ranks.world == 1:
+                    if batch["bad"]:
+                        count_bad(batch["bad"])
+                    if len(batch["index"]) == 0 or not finite:
+                        continue  # nothing usable in this micro-batch, or the step is lost already
+                else:
+                    # Each rank's loss is weighted by its share of the global micro-batch, so that
+                    # the gradient DDP/FSDP average is the whole batch's. Every rank takes part in
+                    # each forward and backward (they communicate in them): one whose slice has
+                    # nothing usable runs its last good micro-batch at weight 0.
+                    step_bad.extend(batch["bad"])
+                    weight = len(batch["index"]) * ranks.world / batch["global_size"]
+                    if len(batch["index"]) == 0 and spare is None:
+                        raise BadDataError(f"{name}: rank {ranks.rank}'s first micro-batch has no usable sample "
+                                           f"({batch['bad'][0][1] if batch['bad'] else 'an empty slice'}); run "
+                                           f"'omniformer data check' on the manifest")
                 if len(batch["index"]) == 0:
                     batch = spare
                 else:
@@ -351,11 +356,14 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
                     if isinstance(v, torch.Tensor) and v.ndim == 0:
                         step_sums[k] = step_sums.get(k, 0.0) + float(v.detach()) * weight
                 step_counted += 1
-            if ranks.world > 1:  # the step's means over every rank's samples
+            step_seen = len(step_indices)
+            if ranks.world > 1:  # the step's means, bad samples and sample count over every rank
                 keys = sorted(step_sums)
-                totals = distributed.all_sum([step_sums[k] for k in keys] + [step_counted])
-                step_counted = round(totals[-1] / ranks.world)
+                totals = distributed.all_sum([step_sums[k] for k in keys] + [step_counted, len(step_bad), step_seen])
                 step_sums = {k: v / ranks.world for k, v in zip(keys, totals)}
+                step_counted, step_seen = round(totals[-3] / ranks.world), int(totals[-1])
+                if totals[-2]:
+                    count_bad([(int(i), why) for part in distributed.gather_json(step_bad) for i, why in part])
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             if finite and (grads or ranks.world > 1):
                 grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
@@ -373,9 +381,8 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
                 for k, v in step_sums.items():
                     sums[k] = sums.get(k, 0.0) + v
                 counted += step_counted
-                seen = len(step_indices) if ranks.world == 1 else int(distributed.all_sum([len(step_indices)])[0])
-                samples_seen += seen
-                samples_window += seen
+                samples_seen += step_seen
+                samples_window += step_seen
             with warnings.catch_warnings():  # a skipped step has no optimizer.step(); the schedule still moves on
                 warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
                 scheduler.step()
