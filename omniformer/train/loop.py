@@ -6,7 +6,8 @@ clipping, autocast where the device supports it, periodic evaluation with best-c
 keeping, atomic checkpoints every ``save_every`` steps, exact ``resume``, TensorBoard logs
 and a progress bar. Samples whose media cannot be used are skipped and counted (up to
 ``max_bad_fraction`` of the set); a step with a non-finite loss or gradient is skipped or stops
-the run (``nonfinite``).
+the run (``nonfinite``). Under torchrun the same loop runs on every rank with DDP or FSDP2
+(``train.parallel``; ``distributed.py``): each rank takes its slice of the same global batches.
 """
 from __future__ import annotations
 
