@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asked", default="text,audio", help="qa: how to ask each question: text, audio or both (comma-separated)")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, mps...")
     p.add_argument("--workers", type=_count, default=2, help="processes that read and preprocess the samples")
-    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: torch's own)")
+    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: one per core other processes leave free)")
     p.add_argument("--json", help="also write the metrics as JSON here (top-level keys named for the metric)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -543,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="The task's own inputs follow: 'omniformer predict --model DIR --help' lists them")
     p.add_argument("--model", required=True, help="checkpoint folder (its task is read from it)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, mps...")
-    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: torch's own)")
+    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: one per core other processes leave free)")
     p.add_argument("--json", action="store_true", help="print the prediction as JSON")
     p.set_defaults(func=cmd_predict)
 
@@ -565,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", metavar="TEXT", type=_text,
                    help="sentences to translate (none or '-': one a line from standard input)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, mps...")
-    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: torch's own)")
+    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: one per core other processes leave free)")
     from .generation_flags import add_generation_arguments
     add_generation_arguments(p)
     p.set_defaults(func=cmd_translate)
@@ -574,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="caption checkpoint folder")
     p.add_argument("files", nargs="+", metavar="FILE", help="images (PNG, JPEG, ...), or recordings for a model that hears")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, mps...")
-    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: torch's own)")
+    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: one per core other processes leave free)")
     add_generation_arguments(p)
     p.set_defaults(func=cmd_caption)
 
@@ -593,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true",
                    help="print the text as it is made, token by token (greedy or --sample; one beam)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, mps...")
-    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: torch's own)")
+    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: one per core other processes leave free)")
     add_generation_arguments(p)
     p.set_defaults(func=cmd_generate)
 
@@ -603,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON with each word's start and end in seconds")
     p.add_argument("--decoder", choices=["greedy", "beam"], help="default: the recipe's")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, mps...")
-    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: torch's own)")
+    p.add_argument("--threads", type=_threads, help="torch threads, 1 to 1024 (default: one per core other processes leave free)")
     p.set_defaults(func=cmd_transcribe)
 
     for extra in _extensions():
@@ -650,9 +650,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(stray)} (recipe overrides look like --section.key=value)")
     if overrides and args.command not in ("train", "pretrain", "finetune", "quickstart", "evaluate", "recipes"):
         parser.error(f"{args.command} takes no recipe overrides: {' '.join(overrides)}")
-    if getattr(args, "threads", None) and args.command in ("evaluate", "predict"):
-        import torch
-        torch.set_num_threads(args.threads)
+    if args.command in ("evaluate", "predict"):  # the user's count, else the cores other processes leave free
+        from .train.threads import configure_threads
+        configure_threads(getattr(args, "threads", None) or 0)
     try:
         return args.func(args, overrides)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, OSError) as e:

@@ -474,7 +474,7 @@ class TrainConfig:
     save_every: int = 250
     keep_checkpoints: int = 0      # also keep the weights of the last N save_every steps (steps/), to average
     log_every: int = 20
-    threads: int = 0               # torch intra-op threads; 0 leaves torch's default
+    threads: int = 0               # torch intra-op threads; 0: the cores other processes leave free (train/threads.py)
     progress: bool = True
     # "length": batches of similar length (least padding). "modality" (QA fine-tuning): batches
     # of questions asked the same way (text, speech, both), otherwise shuffled. ShapesWorld's

@@ -1,11 +1,17 @@
 """Shared fixtures: a small ShapesWorld and a QA model trained on it, made once per test session."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Tests compare runs bit for bit: a thread count that follows the machine's load (the default,
+# omniformer.train.threads) would let two runs of one test differ in float rounding. Torch's own
+# count, stated, for this process's training calls and every command a test starts.
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # A small, easy ShapesWorld (objects on a grid aligned with the patches) and a small model:

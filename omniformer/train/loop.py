@@ -34,6 +34,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .compiled import compile_step
 from .optim import build_optimizer, build_scheduler
+from .threads import ThreadGovernor
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -137,8 +138,7 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
     if ranks.main:
         out_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    governor = ThreadGovernor(cfg.threads)  # the user's count, else the cores other processes leave free
     seed_everything(cfg.seed)
     model.to(device)
     last_dir, best_dir = out_dir / "last", out_dir / "best"
@@ -311,6 +311,7 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
     spare: dict[str, Any] | None = None  # this rank's last good micro-batch (see below)
     try:
         while step < cfg.steps:
+            governor.step()  # looks at the load again every second; nothing if the user chose a count
             trained.train()
             if ranks.world > 1:
                 torch.manual_seed(distributed.step_seed(cfg.seed, step, ranks.rank))

@@ -307,6 +307,7 @@ assert words == [f"w{i}" for i in items], words
 assert seen == [i % 2 for i in items], seen
 assert alone == [7] * 7, alone
 open(__file__ + f".ok{dist.get_rank()}", "w").close()
+dist.destroy_process_group()
 """
 
 
