@@ -650,7 +650,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(stray)} (recipe overrides look like --section.key=value)")
     if overrides and args.command not in ("train", "pretrain", "finetune", "quickstart", "evaluate", "recipes"):
         parser.error(f"{args.command} takes no recipe overrides: {' '.join(overrides)}")
-    if args.command in ("evaluate", "predict"):  # the user's count, else the cores other processes leave free
+    if args.command in ("evaluate", "predict", "translate", "caption", "generate", "transcribe"):
+        # the user's count, else the cores other processes leave free
         from .train.threads import configure_threads
         configure_threads(getattr(args, "threads", None) or 0)
     try:
