@@ -247,6 +247,25 @@ def is_sharded(path: str | Path) -> bool:
     return (find_checkpoint(path) / SHARDED).is_dir()
 
 
+def gathered_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A sharded (FSDP2) model's whole weights, as a checkpoint stores them: every rank must call
+    this (it gathers the shards); rank 0 gets them, on the CPU."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return untied(get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
+
+
+def save_sharded_weights(path: str | Path, model: nn.Module, meta: dict[str, Any], tokenizer=None,
+                         main: bool = True) -> Path:
+    """Every rank of an FSDP run calls this: rank 0 writes the gathered weights as an ordinary
+    (not resumable) checkpoint, the others wait for it."""
+    from .distributed import barrier
+    weights = gathered_weights(model)
+    if main:
+        save_checkpoint(path, None, meta, tokenizer, weights=weights)
+    barrier()
+    return Path(path)
+
+
 def save_sharded_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                             meta: dict[str, Any], tokenizer=None, trainer: dict[str, Any] | None = None,
                             main: bool = True) -> Path:
@@ -254,7 +273,7 @@ def save_sharded_checkpoint(path: str | Path, model: nn.Module, optimizer: torch
     with Distributed Checkpoint into ``dcp/``, rank 0 the whole weights as ``model.safetensors``
     (for inference, as any checkpoint) and the rest; then rank 0 swaps the folder in atomically."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
     from .distributed import barrier
     path = Path(path)
@@ -262,13 +281,13 @@ def save_sharded_checkpoint(path: str | Path, model: nn.Module, optimizer: torch
     if main:
         begin_checkpoint(path)
     barrier()
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    weights = gathered_weights(model)
     model_state, optim_state = get_state_dict(model, optimizer)
     failed = None
     try:
         dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp / SHARDED))
         if main:
-            write_checkpoint_files(tmp, untied(full), meta, tokenizer, None, trainer)
+            write_checkpoint_files(tmp, weights, meta, tokenizer, None, trainer)
     except OSError as e:
         failed = e
     barrier()

@@ -259,11 +259,7 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
             if with_optimizer:
                 ckpt.save_sharded_checkpoint(path, model, optimizer, meta, tokenizer, trainer_state(), ranks.main)
             else:
-                from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-                full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-                if ranks.main:
-                    ckpt.save_checkpoint(path, None, meta, tokenizer, weights=ckpt.untied(full))
-                distributed.barrier()
+                ckpt.save_sharded_weights(path, model, meta, tokenizer, ranks.main)
             return
         if ranks.main:
             ckpt.save_checkpoint(path, model, meta, tokenizer, optimizer if with_optimizer else None,
