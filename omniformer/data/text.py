@@ -21,9 +21,9 @@ class TokenizerError(ValueError):
     """A tokenizer file is missing, unreadable or lacks a special token."""
 
 
-def _bert_pipeline(tk: HFTokenizer, lowercase: bool) -> HFTokenizer:
+def _bert_pipeline(tk: HFTokenizer, lowercase: bool, split_punctuation: bool = True) -> HFTokenizer:
     tk.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
-    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer() if split_punctuation else pre_tokenizers.WhitespaceSplit()
     tk.decoder = decoders.WordPiece()
     return tk
 
@@ -51,10 +51,13 @@ class Tokenizer:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 1000, min_frequency: int = 1,
-              lowercase: bool = True) -> "Tokenizer":
+              lowercase: bool = True, split_punctuation: bool = True) -> "Tokenizer":
+        """A WordPiece vocabulary of ``texts``; ``split_punctuation=False`` keeps every
+        whitespace-separated word whole before it is cut into pieces ("don't" never becomes
+        three words), as a recogniser that writes pieces needs."""
         if vocab_size < len(SPECIAL_TOKENS) + 1:
             raise TokenizerError(f"vocab_size must be > {len(SPECIAL_TOKENS)}, got {vocab_size}")
-        tk = _bert_pipeline(HFTokenizer(models.WordPiece(unk_token=UNK)), lowercase)
+        tk = _bert_pipeline(HFTokenizer(models.WordPiece(unk_token=UNK)), lowercase, split_punctuation)
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                             special_tokens=SPECIAL_TOKENS, show_progress=False)
         texts = [t for t in texts if t and t.strip()]
@@ -102,12 +105,14 @@ class Tokenizer:
     def special_ids(self) -> list[int]:
         return [self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id]
 
-    def encode(self, text: str, max_len: int | None = None) -> list[int]:
+    def encode(self, text: str, max_len: int | None = None, special: bool = True) -> list[int]:
+        """Token ids of ``text``, within ``[CLS] ... [SEP]`` unless ``special`` is False."""
         if not isinstance(text, str) or not text.strip():
             raise TokenizerError(f"cannot encode empty text {text!r}")
-        ids = self._tk.encode(text).ids
+        ids = self._tk.encode(text, add_special_tokens=special).ids
         if max_len is not None and len(ids) > max_len:
-            ids = ids[: max_len - 1] + [self.sep_id]  # keep [SEP] so the sequence stays well-formed
+            # keep [SEP] so the sequence stays well-formed
+            ids = ids[: max_len - 1] + [self.sep_id] if special else ids[:max_len]
         return ids
 
     def pad(self, sequences: list[list[int]], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Speech recognition on the same backbone: a CTC head on the audio tokens, over characters.
+"""Speech recognition on the same backbone: a CTC head on the audio tokens, over characters or
+word pieces.
 
 A manifest's samples carry a recording and its transcript (``audio`` + ``text``; ShapesWorld's
 spoken questions, ``question_audio`` + ``question``, too). Decoding is greedy or a CTC prefix
@@ -14,7 +15,7 @@ beam search, optionally over a closed word list; scored by WER and CER. Register
 See docs/tasks/asr.md.
 """
 from .config import ASRConfig
-from .data import Alphabet, TranscriptError, load_data, normalise
+from .data import Alphabet, TranscriptError, WordPieces, load_data, normalise
 from .model import ASRModel, CTCHead
 from .predictor import Transcriber, Transcript
 from .task import ASRTask, score
@@ -22,4 +23,4 @@ from .task import ASRTask, score
 TASK = ASRTask()
 
 __all__ = ["TASK", "ASRTask", "ASRConfig", "ASRModel", "Alphabet", "CTCHead", "Transcriber", "Transcript",
-           "TranscriptError", "load_data", "normalise", "score"]
+           "TranscriptError", "WordPieces", "load_data", "normalise", "score"]

@@ -17,7 +17,11 @@ class ASRConfig:
     ShapesWorld manifest trains on both and a folder of recordings on the first.
     """
     pairs: list[list[str]] = field(default_factory=lambda: [["audio", "text"], ["question_audio", "question"]])
-    # The characters the head writes, besides CTC's blank; "" means every character of the
+    # What the head writes, besides CTC's blank: "characters", or "wordpieces" (the text
+    # tokenizer's pieces: data.tokenizer, else an --init checkpoint's tokenizer, else pieces
+    # trained on the transcripts with data.vocab_size of them). Pieces need fewer labels a word.
+    units: Literal["characters", "wordpieces"] = "characters"
+    # The characters the head writes (units: characters); "" means every character of the
     # training transcripts (after ``lowercase``). A transcript with a character outside a given
     # alphabet is an error naming its sample and the character.
     alphabet: str = ""
@@ -48,6 +52,9 @@ class ASRConfig:
         for i, pair in enumerate(self.pairs):
             if len(pair) != 2 or not all(isinstance(f, str) and f for f in pair):
                 raise ConfigError(f"pairs[{i}]: expected [recording field, transcript field], got {pair!r}")
+        if self.alphabet and self.units != "characters":
+            raise ConfigError(f"alphabet: applies to units: characters; with units: {self.units} the "
+                              f"tokenizer's pieces are the labels (leave alphabet empty)")
         if len(set(self.alphabet)) != len(self.alphabet):
             raise ConfigError(f"alphabet: lists a character twice: {self.alphabet!r}")
         if isinstance(self.words, str) and self.words not in ("", "train"):

@@ -1,5 +1,6 @@
 """Transcribed recordings for the asr task: reading (recording, transcript) pairs from a
-manifest, normalising transcripts, the character alphabet and the datasets the model reads."""
+manifest, normalising transcripts, the labels the CTC head writes (characters or word pieces)
+and the datasets the model reads."""
 from __future__ import annotations
 
 import re
@@ -12,6 +13,7 @@ import torch
 from ...config import RunConfig
 from ...data.batching import MultimodalDataset
 from ...data.manifest import manifest_exists, read_manifest
+from ...data.text import Tokenizer
 from ..common import audio_preprocessor
 from .config import ASRConfig
 
@@ -36,6 +38,8 @@ class TranscriptError(ValueError):
 class Alphabet:
     """The characters the CTC head writes: label ``i + 1`` is ``chars[i]``; label 0 is the blank."""
     chars: str
+    units = "characters"
+    spell = None  # a closed word list is spelt letter by letter (decoding.Lexicon)
 
     def __post_init__(self) -> None:
         if " " not in self.chars:
@@ -64,9 +68,78 @@ class Alphabet:
     def decode(self, labels: Sequence[int]) -> str:
         return "".join(self.chars[i - 1] for i in labels if 0 < i <= len(self.chars))
 
+    @property
+    def space(self) -> int:
+        """The word separator's label."""
+        return self.index[" "]
+
+    def describe(self) -> dict[str, Any]:
+        return {"units": self.units, "alphabet": self.chars}
+
     @classmethod
     def from_texts(cls, texts: Sequence[str]) -> "Alphabet":
         return cls("".join(sorted({c for t in texts for c in t} | {" "})))
+
+
+class WordPieces:
+    """A WordPiece tokenizer's pieces as CTC labels: label ``i + 1`` is token id ``i``; label 0
+    is the blank. Why: a piece stands for several letters, so a transcript is a few labels and
+    the head need not spell every word out.
+
+    ``labels[i]`` is what label i writes: a word's first piece with the space before it
+    (" cat"), a continuation without its "##" ("s"), special tokens nothing; so joining the
+    labels of a transcript gives its text back, as for characters.
+    """
+
+    units = "wordpieces"
+    space = None  # words begin with a piece of their own, not with a separator label
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        special = set(tokenizer.special_ids)
+        pieces = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.vocab_size)]
+        self.labels = ["", *("" if i in special else p[2:] if p.startswith("##") else " " + p
+                             for i, p in enumerate(pieces))]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def spell(self, word: str) -> list[int]:
+        """The labels of one word (its pieces); [] when the vocabulary cannot write it."""
+        ids = self.tokenizer.encode(word, special=False)
+        return [] if self.tokenizer.unk_id in ids else [i + 1 for i in ids]
+
+    def encode(self, text: str, where: str = "") -> torch.Tensor:
+        """Label ids of ``text`` (normalised already). A word the vocabulary writes only as
+        [UNK], or splits into several words (at punctuation), is an error naming it."""
+        ids = [i + 1 for i in self.tokenizer.encode(text, special=False)]
+        if self.decode(ids) != text:
+            for word in text.split():
+                labels = self.spell(word)
+                if not labels or self.decode(labels) != word:
+                    how = ("is not in the vocabulary (its pieces: [UNK])" if not labels else
+                           f"is cut into the words {self.decode(labels)!r} by the tokenizer")
+                    raise TranscriptError(f"{where + ': ' if where else ''}transcript {text!r}: the word {word!r} "
+                                          f"{how}; leave data.tokenizer unset to train word pieces on the "
+                                          f"transcripts, or use task.units: characters") from None
+            raise TranscriptError(f"{where + ': ' if where else ''}transcript {text!r} is not read back as "
+                                  f"written from its word pieces ({self.decode(ids)!r})")
+        return torch.tensor(ids, dtype=torch.long)
+
+    def decode(self, labels: Sequence[int]) -> str:
+        return "".join(self.labels[i] for i in labels if 0 < i < len(self.labels)).strip()
+
+    def describe(self) -> dict[str, Any]:
+        return {"units": self.units, "pieces": len(self.labels) - 1}
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], vocab_size: int) -> "WordPieces":
+        """Pieces trained on ``texts`` (normalised transcripts): words split at whitespace only,
+        nothing lower-cased or stripped of accents beyond what the task's normalising did."""
+        return cls(Tokenizer.train(texts, vocab_size=vocab_size, lowercase=False, split_punctuation=False))
+
+
+Labels = Alphabet | WordPieces
 
 
 @dataclass
@@ -116,15 +189,15 @@ def load_data(manifest: str | Path, task: ASRConfig) -> ASRData:
     return ASRData(manifest, splits, excluded, lines)
 
 
-def check_alphabet(data: ASRData, alphabet: Alphabet, splits: Sequence[str] = ("train",)) -> None:
-    """Every transcript of ``splits`` spelt with ``alphabet``: the error names the first that is not."""
+def check_alphabet(data: ASRData, alphabet: Labels, splits: Sequence[str] = ("train",)) -> None:
+    """Every transcript of ``splits`` written with ``alphabet``: the error names the first that is not."""
     for split in splits:
         for sample in data.splits[split]:
             alphabet.encode(sample["text"], f"{data.manifest}:{data.lines.get(sample['id'], '?')}: "
                                             f"sample {sample['id']!r}")
 
 
-def asr_dataset(manifest: str | Path, samples: Sequence[dict], cfg: RunConfig, alphabet: Alphabet,
+def asr_dataset(manifest: str | Path, samples: Sequence[dict], cfg: RunConfig, alphabet: Labels,
                 train: bool) -> MultimodalDataset:
     """Recordings as log-mel features and transcripts as label ids (``transcript``, a target
     no encoder reads); ``train`` turns on ``data.speed_perturbation`` and ``data.spec_augment``."""

@@ -6,7 +6,7 @@ import copy
 import heapq
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from torch import Tensor
 
@@ -47,25 +47,40 @@ def greedy_decode(log_probs: Tensor, lengths: Tensor | None = None, blank: int =
 
 
 class Lexicon:
-    """A closed word list as a trie over label ids; ``alphabet[i]`` is label i's character, the
-    ``blank``'s entry ignored, and the space (which must be there) separates words."""
+    """A closed word list as a trie over label ids; ``alphabet[i]`` is what label i writes, the
+    ``blank``'s entry ignored.
 
-    def __init__(self, words: Iterable[str], alphabet: Sequence[str], blank: int = 0):
-        index = {c: i for i, c in enumerate(alphabet) if c and i != blank}
-        if " " not in index:
-            raise ValueError(f"alphabet: expected the space (the word separator) among its characters, "
-                             f"got {''.join(alphabet)!r}")
+    Characters: each word is spelt letter by letter and the space (which must be a label)
+    separates words. Word pieces: ``spell(word)`` gives a word's labels, and a label whose text
+    begins with a space (a word's first piece) starts the next word (``starts``).
+    """
+
+    def __init__(self, words: Iterable[str], alphabet: Sequence[str], blank: int = 0,
+                 spell: Callable[[str], list[int]] | None = None):
+        self.starts = frozenset(i for i, c in enumerate(alphabet) if len(c) > 1 and c.startswith(" "))
+        if spell is None:
+            index = {c: i for i, c in enumerate(alphabet) if c and i != blank}
+            if " " not in index:
+                raise ValueError(f"alphabet: expected the space (the word separator) among its characters, "
+                                 f"got {''.join(alphabet)!r}")
+
+            def spell(word: str) -> list[int]:
+                missing = next((ch for ch in word if ch not in index), None)
+                if missing is not None:
+                    raise ValueError(f"words: {word!r} has the character {missing!r}, which the model cannot "
+                                     f"write (its alphabet: {''.join(alphabet)!r})")
+                return [index[ch] for ch in word]
         self.root: dict = {}
         count = 0
         for word in words:
             if not word or " " in word:
                 raise ValueError(f"words: expected single words without spaces, got {word!r}")
+            labels = spell(word)
+            if not labels:
+                raise ValueError(f"words: the model cannot write {word!r} (its word pieces lack it)")
             node = self.root
-            for ch in word:
-                if ch not in index:
-                    raise ValueError(f"words: {word!r} has the character {ch!r}, which the model cannot write "
-                                     f"(its alphabet: {''.join(alphabet)!r})")
-                node = node.setdefault(index[ch], {})
+            for label in labels:
+                node = node.setdefault(label, {})
             node[None] = True  # a word ends here
             count += 1
         if not count:
@@ -120,8 +135,8 @@ class PrefixBeamSearch:
                  prune: float = -12.0):
         if beam < 1:
             raise ValueError(f"beam: expected at least 1, got {beam}")
-        if lexicon is not None and space is None:
-            raise ValueError("space: the word separator's label is needed with a lexicon")
+        if lexicon is not None and space is None and not lexicon.starts:
+            raise ValueError("space: the word separator's label is needed with a lexicon of characters")
         self.beam, self.blank, self.lexicon, self.space, self.prune = beam, blank, lexicon, space, prune
         # prefix -> [p_blank, p_label, frames, trie node, its largest contribution this frame]; the
         # frames follow the largest contribution, so they are where the likeliest way in emitted each label
@@ -159,6 +174,12 @@ class PrefixBeamSearch:
                             if not prefix or prefix[-1] == space or not lexicon.ends_word(node):
                                 continue
                             child = lexicon.root
+                        elif v in lexicon.starts:  # a word piece that begins the next word
+                            if prefix and not lexicon.ends_word(node):
+                                continue
+                            child = lexicon.walk(lexicon.root, v)
+                            if child is None:
+                                continue
                         else:
                             child = lexicon.walk(node, v)
                             if child is None:
@@ -247,20 +268,22 @@ def to_text(tokens: Sequence[int], alphabet: Sequence[str]) -> str:
 
 
 def word_timings(hyp: Hypothesis, alphabet: Sequence[str], frame_seconds: float, space: str = " ") -> list[dict]:
-    """Each word of ``hyp`` with its start (its first letter's frame) and end (after its last
-    letter's frame), in seconds."""
-    words, letters, first, last = [], [], 0, 0
+    """Each word of ``hyp`` with its start (its first label's frame) and end (after its last
+    label's frame), in seconds. A label whose text begins with ``space`` ends the word before
+    it: the space itself (characters) or a word's first piece (" cat")."""
+    words, letters, first, last = [], "", 0, 0
     for label, frame in zip(hyp.tokens, hyp.frames):
-        ch = alphabet[label]
-        if ch == space:
+        text = alphabet[label]
+        if text.startswith(space):
             if letters:
                 words.append((letters, first, last))
-            letters = []
+            letters, text = "", text[len(space):]
+        if not text:
             continue
         if not letters:
             first = frame
-        letters, last = letters + [ch], frame
+        letters, last = letters + text, frame
     if letters:
         words.append((letters, first, last))
-    return [{"word": "".join(w), "start": round(a * frame_seconds, 3), "end": round((b + 1) * frame_seconds, 3)}
+    return [{"word": w, "start": round(a * frame_seconds, 3), "end": round((b + 1) * frame_seconds, 3)}
             for w, a, b in words]

@@ -20,7 +20,8 @@ from ...data.batching import collate
 from ...modalities.audio import audio_preprocessor
 from ...train import checkpoint as ckpt
 from .config import ASRConfig
-from .data import Alphabet
+from ...data.text import Tokenizer
+from .data import Alphabet, Labels, WordPieces
 from .decoding import Hypothesis, Lexicon, best_hypothesis, greedy_decode, to_text, word_timings
 from .model import BLANK, ASRModel, frame_seconds
 from .streaming import SILENCE_DBFS, StreamSettings, TranscriptStream
@@ -44,25 +45,26 @@ class Transcript:
 
 
 class Transcriber:
-    """An asr checkpoint ready to use: its model, recipe, alphabet, decoder and word list."""
+    """An asr checkpoint ready to use: its model, recipe, output labels (``alphabet``: characters
+    or word pieces), decoder and word list."""
 
     task = TASK_NAME  # what the server dispatches on
 
-    def __init__(self, model: ASRModel, cfg: RunConfig, alphabet: Alphabet, words: Sequence[str] = (),
+    def __init__(self, model: ASRModel, cfg: RunConfig, alphabet: Labels, words: Sequence[str] = (),
                  model_id: str = "omniformer-asr"):
         self.model, self.cfg, self.alphabet, self.model_id = model.eval(), cfg, alphabet, model_id
         self.task_config: ASRConfig = from_dict(ASRConfig, cfg.task or {}, "task")
         self.words = list(words)
-        self.lexicon = Lexicon(self.words, alphabet.labels) if self.words else None
+        self.lexicon = Lexicon(self.words, alphabet.labels, spell=alphabet.spell) if self.words else None
         self.audio = audio_preprocessor(cfg.model)
         self.frame_seconds = frame_seconds(cfg.model)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Transcriber":
         """The checkpoint folder ``path`` (what ``omniformer train asr`` writes)."""
-        path, meta = ckpt.read_task_meta(path, TASK_NAME, "alphabet", "config")
+        path, meta = ckpt.read_task_meta(path, TASK_NAME, "config")
         cfg = run_config_from(meta["config"])
-        alphabet = Alphabet(meta["alphabet"])
+        alphabet = output_labels(path, meta)
         model = ASRModel(cfg.model, len(alphabet), from_dict(ASRConfig, cfg.task or {}, "task"))
         ckpt.load_weights(path, model)
         return cls(model.to(device), cfg, alphabet, meta.get("words") or [],
@@ -130,7 +132,7 @@ class Transcriber:
         out = []
         for row, n in zip(log_probs, lengths.tolist()):
             out.append(best_hypothesis(row[: int(n)], beam=width, blank=BLANK, lexicon=self.lexicon,
-                                       space=self.alphabet.index[" "]))
+                                       space=self.alphabet.space))
         return out
 
     def transcribe_items(self, items: list[dict[str, Any]], timings: bool = False,
@@ -163,3 +165,12 @@ class Transcriber:
         """A live recording's transcriber: ``feed`` it samples as they come, ``finish`` at the end
         (``omniformer.tasks.asr.streaming``)."""
         return TranscriptStream(self, settings, decoder)
+
+
+def output_labels(path: Path, meta: dict[str, Any]) -> Labels:
+    """The labels a checkpoint's head writes: its alphabet, or the word pieces of the tokenizer
+    saved beside it (``units: wordpieces``)."""
+    if meta.get("units", "characters") == "wordpieces":
+        return WordPieces(Tokenizer.load(path / ckpt.TOKENIZER))
+    ckpt.require_meta(path, meta, "alphabet")
+    return Alphabet(meta["alphabet"])

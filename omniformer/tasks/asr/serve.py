@@ -124,7 +124,7 @@ class ASRService(BatchedService):
     def info(self) -> dict[str, Any]:
         model = self.predictor.cfg.model
         return {"task": "asr", "model": self.model_id, "inputs": self.inputs,
-                "alphabet": self.predictor.alphabet.chars, "words": len(self.predictor.words),
+                **self.predictor.alphabet.describe(), "words": len(self.predictor.words),
                 "decoder": self.predictor.task_config.decoder, "audio_sample_rate": model.audio.sample_rate,
                 "max_audio_seconds": self.max_audio_seconds, "max_upload_bytes": self.limits.max_upload_bytes,
                 "stream": {"route": "/v1/transcribe/stream", "max_streams": self.max_streams,

@@ -146,7 +146,7 @@ class TranscriptStream:
         self.decoder = decoder
         if decoder == "beam":
             self.search: Any = PrefixBeamSearch(transcriber.task_config.beam, BLANK, transcriber.lexicon,
-                                                transcriber.alphabet.index[" "])
+                                                transcriber.alphabet.space)
         else:
             self.search = _Greedy()
         self.best_path = self.search if decoder == "greedy" else _Greedy()  # the beam's fallback, as offline

@@ -19,7 +19,7 @@ from ...train.loop import fit, seed_everything
 from ..base import Evaluation, ServeLimits, Service, Task
 from ..common import load_for_evaluation, require_split
 from .config import ASRConfig
-from .data import Alphabet, ASRData, asr_dataset, check_alphabet, load_data, training_words
+from .data import Alphabet, ASRData, Labels, WordPieces, asr_dataset, check_alphabet, load_data, training_words
 from .decoding import to_text
 from .metrics import asr_metrics
 from .model import ASRModel
@@ -38,6 +38,32 @@ def word_list(task: ASRConfig, data: ASRData) -> list[str]:
     if task.words == "train":
         return training_words(data.splits["train"])
     return sorted(set(task.words)) if isinstance(task.words, list) else []
+
+
+def output_labels(cfg: RunConfig, task: ASRConfig, data: ASRData, out: Path, init: str | Path | None,
+                  resume: bool) -> Labels:
+    """What the head of a new run writes: ``task.alphabet`` or the training transcripts'
+    characters, or word pieces (``task.units``), the same as the resumed run's."""
+    from ...data.text import Tokenizer
+    from ...train import checkpoint as ckpt
+    texts = [s["text"] for s in data.splits["train"]]
+    previous = ckpt.read_meta(ckpt.find_checkpoint(out / "last")) if resume else {}
+    if resume and previous.get("units", "characters") != task.units:
+        raise ValueError(f"--resume: {out / 'last'} writes {previous.get('units', 'characters')}, not "
+                         f"{task.units} (task.units); train afresh instead")
+    if task.units == "wordpieces":
+        if resume:
+            return WordPieces(Tokenizer.load(ckpt.find_checkpoint(out / "last") / ckpt.TOKENIZER))
+        if cfg.data.tokenizer:
+            return WordPieces(Tokenizer.load(cfg.data.tokenizer))
+        if init is not None and (ckpt.find_checkpoint(init) / ckpt.TOKENIZER).is_file():
+            return WordPieces(Tokenizer.load(ckpt.find_checkpoint(init) / ckpt.TOKENIZER))
+        return WordPieces.from_texts(texts, cfg.data.vocab_size)
+    alphabet = Alphabet(task.alphabet) if task.alphabet else Alphabet.from_texts(texts)
+    if resume and previous.get("alphabet") != alphabet.chars:
+        raise ValueError(f"--resume: {out / 'last'} writes the characters {previous.get('alphabet')!r}, but the "
+                         f"transcripts of {data.manifest} now need {alphabet.chars!r}; train afresh instead")
+    return alphabet
 
 
 @torch.no_grad()
@@ -72,7 +98,7 @@ class ASRTask(Task):
     """Speech recognition: a CTC head on the backbone's audio tokens, greedy or beam decoding."""
 
     name = TASK_NAME
-    summary = "speech recognition (CTC over characters, greedy or beam decoding, WER/CER)"
+    summary = "speech recognition (CTC over characters or word pieces, greedy or beam decoding, WER/CER)"
     recipe = "asr-fsdd"
     general_recipe = "asr"
     Config = ASRConfig
@@ -98,16 +124,9 @@ class ASRTask(Task):
         if not data.splits["train"]:
             raise ValueError(f"{manifest}: no training recording with a transcript"
                              + (f" ({data.excluded} left out by task.exclude_from_training)" if data.excluded else ""))
-        alphabet = Alphabet(task.alphabet) if task.alphabet else Alphabet.from_texts(
-            [s["text"] for s in data.splits["train"]])
-        check_alphabet(data, alphabet)
         out = Path(cfg.out_dir) / TASK_NAME
-        if resume:
-            from ...train import checkpoint as ckpt
-            previous = ckpt.read_meta(out / "last").get("alphabet")
-            if previous != alphabet.chars:
-                raise ValueError(f"--resume: {out / 'last'} writes the characters {previous!r}, but the "
-                                 f"transcripts of {manifest} now need {alphabet.chars!r}; train afresh instead")
+        alphabet = output_labels(cfg, task, data, out, init, resume)
+        check_alphabet(data, alphabet)
         cfg.model.modalities = ["audio"]  # the recogniser's backbone reads speech alone
         model = ASRModel(cfg.model, len(alphabet), task)
         if init is not None and not resume:
@@ -122,10 +141,12 @@ class ASRTask(Task):
             m.train()
             return {**metrics, "score": -metrics["wer"]}
 
-        meta = meta_for(TASK_NAME, cfg, alphabet=alphabet.chars, words=words, init=str(init) if init else None,
+        meta = meta_for(TASK_NAME, cfg, **alphabet.describe(), words=words, init=str(init) if init else None,
                         model_id=f"omniformer-asr-{Path(cfg.out_dir).name}")
+        tokenizer = alphabet.tokenizer if isinstance(alphabet, WordPieces) else None
         train_cfg = dataclasses.replace(cfg.finetune, progress=cfg.finetune.progress and progress)
-        fit(model, train_set, train_cfg, out, collate_fn=collate, meta=meta, lengths=train_set.lengths(),
+        fit(model, train_set, train_cfg, out, collate_fn=collate, meta=meta, tokenizer=tokenizer,
+            lengths=train_set.lengths(),
             evaluate=evaluate if val else None, resume=resume, name=TASK_NAME)
         return out / "best"
 
