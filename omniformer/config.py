@@ -293,6 +293,8 @@ class ImageConfig:
     # "patch": one linear projection per patch (ViT). "conv": a small convolutional stem
     # that ends at the same token grid; it learns shapes from few samples much faster.
     stem: Literal["patch", "conv"] = "conv"
+    # Extra 3x3 stride-1 convs at full resolution before the conv stem downsamples (0: none).
+    stem_convs: int = 0
     positions: Literal["learned", "sinusoidal"] = "learned"
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
@@ -311,7 +313,7 @@ class ImageConfig:
     tower: TowerConfig | None = None
 
     RANGES: ClassVar[dict[str, Range]] = {"size": Range(1, 8192), "channels": Range(1, 64),
-                                          "patch_size": Range(1, 8192), "mean": Range(-10.0, 10.0),
+                                          "patch_size": Range(1, 8192), "stem_convs": Range(0, 8), "mean": Range(-10.0, 10.0),
                                           "std": Range(0.0, 100.0, open="lo")}
 
     def validate(self) -> None:

@@ -89,17 +89,22 @@ class TextEmbedder(Embedder):
         return self.finish(self.apply_token_mask(self.token(ids), token_mask), mask)
 
 
-def _conv_stem(channels: int, width: int, patch: int) -> nn.Sequential:
+def _conv_stem(channels: int, width: int, patch: int, full_res_convs: int = 0) -> nn.Sequential:
     """3x3 stride-2 convs (GELU between) doubling channels up to ``width``, then a 1x1 projection.
 
     Ends on the same (size/patch)^2 grid as the ViT patch stem; an odd leftover factor of
-    ``patch`` becomes one kernel=stride convolution.
+    ``patch`` becomes one kernel=stride convolution. ``full_res_convs`` 3x3 stride-1 convs come
+    first, at the first halving's width, for strokes finer than one stride-2 kernel sees.
     """
     halvings, rest = 0, patch
     while rest % 2 == 0:
         halvings, rest = halvings + 1, rest // 2
     layers: list[nn.Module] = []
     ch = channels
+    for _ in range(full_res_convs):
+        out = max(width // 2 ** max(halvings, 1), 8)
+        layers += [nn.Conv2d(ch, out, 3, padding=1), nn.GELU()]
+        ch = out
     for i in range(1, halvings + 1):
         out = max(width // 2 ** (halvings - i), 8)
         layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1), nn.GELU()]
@@ -134,7 +139,8 @@ class ImageEmbedder(Embedder):
             self.coordinates = False
         else:
             self.coordinates = getattr(c, "coordinates", False)
-            self.stem = _conv_stem(c.channels + 2 * self.coordinates, cfg.width, c.patch_size)
+            self.stem = _conv_stem(c.channels + 2 * self.coordinates, cfg.width, c.patch_size,
+                                   getattr(c, "stem_convs", 0))
         n = self.grid * self.grid
         self.patch_dim = c.patch_size * c.patch_size * c.channels  # width of patchify's targets
         self.cls = nn.Parameter(torch.randn(cfg.width) * 0.02) if getattr(c, "cls_token", False) else None

@@ -62,6 +62,29 @@ def test_image_conv_stem_with_odd_patch_factor():
     assert tokens.shape == (2, 16, 32)
 
 
+@pytest.mark.parametrize("patch", [4, 6, 2])
+def test_image_conv_stem_full_resolution_convs(patch):
+    """stem_convs adds 3x3 stride-1 convs before the downsampling, at full resolution: the token
+    grid is unchanged, and a pixel now reaches tokens beyond its own patch's neighbours."""
+    size = 24
+    plain = ImageEmbedder(small_cfg(image=ImageConfig(size=size, patch_size=patch, stem="conv", coordinates=False)))
+    deep = ImageEmbedder(small_cfg(image=ImageConfig(size=size, patch_size=patch, stem="conv", coordinates=False,
+                                                     stem_convs=2)))
+    convs = lambda emb: [m for m in emb.stem if isinstance(m, torch.nn.Conv2d)]  # noqa: E731
+    assert len(convs(deep)) == len(convs(plain)) + 2
+    assert all(c.stride == (1, 1) and c.kernel_size == (3, 3) for c in convs(deep)[:2])
+    image = torch.randn(1, 3, size, size, requires_grad=True)
+    batch = dict(image=image, image_mask=torch.ones(1, dtype=torch.bool))
+    reach = []
+    for emb in (plain, deep):
+        tokens, _ = emb(batch)
+        assert tokens.shape == (1, (size // patch) ** 2, 32)
+        first = emb.stem(image)[0, :, 0, 0]  # the first token, before positions and the norm
+        (grad,) = torch.autograd.grad((first * torch.randn_like(first)).sum(), image)
+        reach.append(int((grad.abs().sum((0, 1)) > 0).sum()))  # pixels the first token sees
+    assert reach[1] > reach[0]
+
+
 def test_image_patchify_matches_pixels():
     emb = ImageEmbedder(small_cfg())
     image = torch.randn(1, 3, 16, 16)
