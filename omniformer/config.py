@@ -452,7 +452,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # auto: bf16 autocast on a GPU with bf16, fp32 on CPU; native-bf16: bf16 wherever the hardware
+    # has it (CPUs with AVX512-BF16 or AMX too), fp32 elsewhere.
+    precision: Literal["auto", "fp32", "bf16", "fp16", "native-bf16"] = "auto"
     compile: bool = False
     # torch.compile's mode when ``compile`` is on: "reduce-overhead" captures CUDA graphs on a GPU
     # (a small model's step is bound by kernel launches otherwise); "default" everywhere else.
