@@ -68,8 +68,8 @@ def native_bf16(device: torch.device) -> bool:
 
 def autocast_context(device: torch.device, precision: str):
     """The forward's autocast: "auto" is bf16 on GPUs that have it and fp32 on CPU (bit-for-bit
-    repeatable runs); "native-bf16" is bf16 wherever ``native_bf16`` (a 2-core CPU with
-    AVX512-BF16 ran the quickstart's QA step 1.15-1.3x faster), fp32 elsewhere."""
+    repeatable runs); "native-bf16" is bf16 wherever ``native_bf16``, fp32 elsewhere (on
+    AVX512-BF16 cores it did not shorten the quickstart: benchmarks/README.md)."""
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     elif precision == "native-bf16":
