@@ -75,5 +75,11 @@ def test_a_recogniser_learns_over_word_pieces(tmp_path):
     assert any(len(asr.alphabet.spell(w)) > 1 for w in WORDS)  # pieces, not only whole words
     m = TASK.evaluate(best, manifest, split="test", device="cpu").metrics
     assert m["wer"] < 0.15, m
-    t = asr.transcribe(speak("cab dad", random.Random(3)), timings=True)
+    wave = speak("cab dad", random.Random(3))
+    t = asr.transcribe(wave, timings=True)
     assert [w["word"] for w in t.words] == t.text.split()
+    stream = asr.stream()  # live, in 0.1 s chunks: the final transcript is the offline one
+    for pos in range(0, len(wave), 800):
+        stream.feed(wave[pos: pos + 800])
+    final = stream.finish()
+    assert final.final and final.text == t.text and [w["word"] for w in final.words] == t.text.split()
