@@ -83,3 +83,7 @@ def test_a_recogniser_learns_over_word_pieces(tmp_path):
         stream.feed(wave[pos: pos + 800])
     final = stream.finish()
     assert final.final and final.text == t.text and [w["word"] for w in final.words] == t.text.split()
+    # Resuming the run as characters would give its head other labels: refused by name.
+    chars = tiny_cfg(tmp_path / "run", manifest, task={"units": "characters"})
+    with pytest.raises(ValueError, match=r"--resume: .* writes wordpieces, not characters \(task.units\)"):
+        TASK.train(chars, resume=True, progress=False)
