@@ -28,7 +28,6 @@ factor in [0.88, 1.12]. None of these voices and rates is in ShapesWorld's bank.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import random
 import shutil
@@ -41,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from common import write_json
+from omniformer.data.folders import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
 from recognition import ROOT, cli, load_average, machine_speed
 
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -53,13 +53,6 @@ UNSEEN_VOICES = [("en-gb-x-rp+m6", 150, 38), ("en-us+m5", 220, 50), ("en-gb-x-gb
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 CELLS = {(0, 0): "top left", (0, 1): "top right", (1, 0): "bottom left", (1, 1): "bottom right"}
 SIZE, CELL = 64, 32
-
-
-def read_idx(path: Path) -> np.ndarray:
-    data = gzip.open(path).read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
 def scene(rng: random.Random, pool: list[int], images: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -111,8 +104,8 @@ def speak(text: str, voice: tuple[str, int, int], factor: float, path: Path) -> 
 def make(args) -> dict:
     if shutil.which("espeak-ng") is None:
         raise SystemExit("espeak-ng is not installed (apt-get install espeak-ng)")
-    images = read_idx(MNIST / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx(MNIST / "t10k-labels-idx1-ubyte.gz")
+    images = read_idx(MNIST / "t10k-images-idx3-ubyte.gz", IDX_IMAGES_MAGIC)
+    labels = read_idx(MNIST / "t10k-labels-idx1-ubyte.gz", IDX_LABELS_MAGIC)
     rng = random.Random(args.seed)
     (OUT / "images").mkdir(parents=True, exist_ok=True)
     (OUT / "wav").mkdir(parents=True, exist_ok=True)

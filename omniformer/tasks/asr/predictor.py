@@ -64,7 +64,7 @@ class Transcriber:
         """The checkpoint folder ``path`` (what ``omniformer train asr`` writes)."""
         path, meta = ckpt.read_task_meta(path, TASK_NAME, "config")
         cfg = run_config_from(meta["config"])
-        alphabet = output_labels(path, meta)
+        alphabet = checkpoint_labels(path, meta)
         model = ASRModel(cfg.model, len(alphabet), from_dict(ASRConfig, cfg.task or {}, "task"))
         ckpt.load_weights(path, model)
         return cls(model.to(device), cfg, alphabet, meta.get("words") or [],
@@ -167,7 +167,7 @@ class Transcriber:
         return TranscriptStream(self, settings, decoder)
 
 
-def output_labels(path: Path, meta: dict[str, Any]) -> Labels:
+def checkpoint_labels(path: Path, meta: dict[str, Any]) -> Labels:
     """The labels a checkpoint's head writes: its alphabet, or the word pieces of the tokenizer
     saved beside it (``units: wordpieces``)."""
     if meta.get("units", "characters") == "wordpieces":

@@ -23,7 +23,7 @@ from .data import Alphabet, ASRData, Labels, WordPieces, asr_dataset, check_alph
 from .decoding import to_text
 from .metrics import asr_metrics
 from .model import ASRModel
-from .predictor import TASK_NAME, Transcriber
+from .predictor import TASK_NAME, Transcriber, checkpoint_labels
 
 
 def _need_manifest(cfg: RunConfig) -> Path:
@@ -40,28 +40,32 @@ def word_list(task: ASRConfig, data: ASRData) -> list[str]:
     return sorted(set(task.words)) if isinstance(task.words, list) else []
 
 
-def output_labels(cfg: RunConfig, task: ASRConfig, data: ASRData, out: Path, init: str | Path | None,
-                  resume: bool) -> Labels:
-    """What the head of a new run writes: ``task.alphabet`` or the training transcripts'
-    characters, or word pieces (``task.units``), the same as the resumed run's."""
+def labels_for_run(cfg: RunConfig, task: ASRConfig, data: ASRData, out: Path, init: str | Path | None,
+                   resume: bool) -> Labels:
+    """What the head of this run writes: the resumed checkpoint's labels (refused if
+    ``task.units`` or the transcripts' characters changed), else ``task.alphabet`` or the
+    training transcripts' characters, or word pieces (``task.units``)."""
     from ...data.text import Tokenizer
     from ...train import checkpoint as ckpt
+    if resume:
+        last = ckpt.find_checkpoint(out / "last")
+        previous = checkpoint_labels(last, ckpt.read_meta(last))
+        if previous.units != task.units:
+            raise ValueError(f"--resume: {out / 'last'} writes {previous.units}, not "
+                             f"{task.units} (task.units); train afresh instead")
+        if isinstance(previous, WordPieces):
+            return previous
     texts = [s["text"] for s in data.splits["train"]]
-    previous = ckpt.read_meta(ckpt.find_checkpoint(out / "last")) if resume else {}
-    if resume and previous.get("units", "characters") != task.units:
-        raise ValueError(f"--resume: {out / 'last'} writes {previous.get('units', 'characters')}, not "
-                         f"{task.units} (task.units); train afresh instead")
     if task.units == "wordpieces":
-        if resume:
-            return WordPieces(Tokenizer.load(ckpt.find_checkpoint(out / "last") / ckpt.TOKENIZER))
         if cfg.data.tokenizer:
             return WordPieces(Tokenizer.load(cfg.data.tokenizer))
-        if init is not None and (ckpt.find_checkpoint(init) / ckpt.TOKENIZER).is_file():
-            return WordPieces(Tokenizer.load(ckpt.find_checkpoint(init) / ckpt.TOKENIZER))
+        saved = ckpt.find_checkpoint(init) / ckpt.TOKENIZER if init is not None else None
+        if saved is not None and saved.is_file():  # the --init checkpoint's text vocabulary
+            return WordPieces(Tokenizer.load(saved))
         return WordPieces.from_texts(texts, cfg.data.vocab_size)
     alphabet = Alphabet(task.alphabet) if task.alphabet else Alphabet.from_texts(texts)
-    if resume and previous.get("alphabet") != alphabet.chars:
-        raise ValueError(f"--resume: {out / 'last'} writes the characters {previous.get('alphabet')!r}, but the "
+    if resume and previous.chars != alphabet.chars:
+        raise ValueError(f"--resume: {out / 'last'} writes the characters {previous.chars!r}, but the "
                          f"transcripts of {data.manifest} now need {alphabet.chars!r}; train afresh instead")
     return alphabet
 
@@ -125,7 +129,7 @@ class ASRTask(Task):
             raise ValueError(f"{manifest}: no training recording with a transcript"
                              + (f" ({data.excluded} left out by task.exclude_from_training)" if data.excluded else ""))
         out = Path(cfg.out_dir) / TASK_NAME
-        alphabet = output_labels(cfg, task, data, out, init, resume)
+        alphabet = labels_for_run(cfg, task, data, out, init, resume)
         check_alphabet(data, alphabet)
         cfg.model.modalities = ["audio"]  # the recogniser's backbone reads speech alone
         model = ASRModel(cfg.model, len(alphabet), task)
