@@ -31,6 +31,8 @@ def test_caption_metrics_score_against_every_reference():
     assert perfect["bleu"] == pytest.approx(100) and perfect["exact"] == 1.0
     half = caption_metrics(refs, ["there is a red circle", "the square is blue"])
     assert half["exact"] == 0.5 and half["bleu"] < 100
+    assert perfect["distinct"] == 1.0
+    assert caption_metrics(refs, ["there is one square", "there is  one square"])["distinct"] == 0.5
     with pytest.raises(ValueError, match="reference sets"):
         caption_metrics(refs, ["one"])
 
@@ -60,6 +62,7 @@ def test_it_learns_to_write_captions_of_unseen_scenes(trained, small_shapes):
     assert metrics["task"] == "caption" and metrics["samples"] == 150  # one caption per test image
     assert metrics["bleu"] > 20, metrics
     assert 0 <= metrics["true_captions"] <= 1 and len(metrics["examples"]) == 20
+    assert 0 < metrics["distinct"] <= 1
 
 
 def test_caption_command_predict_and_python_api(trained, small_shapes, capsys):

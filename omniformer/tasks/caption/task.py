@@ -24,7 +24,9 @@ from .predictor import TASK_NAME, Captioner
 
 def caption_metrics(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float]:
     """Corpus BLEU (sacrebleu, cased and lowercased) and chrF of one caption per input against
-    all of that input's captions, and ``exact``: the share of captions equal to one of them."""
+    all of that input's captions; ``exact``: the share of captions equal to one of them; and
+    ``distinct``: distinct captions over inputs, low when one template is written for every
+    input (true of many scenes, informative of none)."""
     import sacrebleu
     if len(references) != len(hypotheses) or not hypotheses:
         raise ValueError(f"{len(references)} reference sets for {len(hypotheses)} captions")
@@ -34,7 +36,8 @@ def caption_metrics(references: Sequence[Sequence[str]], hypotheses: Sequence[st
     return {"bleu": sacrebleu.corpus_bleu(hyps, streams).score,
             "bleu_lowercase": sacrebleu.corpus_bleu(hyps, streams, lowercase=True).score,
             "chrf": sacrebleu.corpus_chrf(hyps, streams).score,
-            "exact": sum(h.strip() in {x.strip() for x in r} for r, h in zip(references, hyps)) / len(hyps)}
+            "exact": sum(h.strip() in {x.strip() for x in r} for r, h in zip(references, hyps)) / len(hyps),
+            "distinct": len({" ".join(h.split()) for h in hyps}) / len(hyps)}
 
 
 def judge_maker(task: CaptionConfig, cfg: RunConfig) -> Callable[[Path], Callable[[dict, str], bool]] | None:
@@ -157,7 +160,8 @@ class CaptionTask(Task):
         if "true_captions" in m:
             lines.append(f"  {'true of their input':<32} {100 * m['true_captions']:6.2f}%")
         lines += [f"  {'BLEU (sacrebleu, cased)':<32} {m['bleu']:6.2f}", f"  {'chrF':<32} {m['chrf']:6.2f}",
-                  f"  {'equal to a reference':<32} {100 * m['exact']:6.2f}%"]
+                  f"  {'equal to a reference':<32} {100 * m['exact']:6.2f}%",
+                  f"  {'distinct captions':<32} {100 * m['distinct']:6.2f}%"]
         examples = evaluation.details.get("examples") or []
         if examples:
             lines += ["", "first captions:"] + [f"  {e['id']}: {e['caption']}" for e in examples[:5]]
