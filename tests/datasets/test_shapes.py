@@ -311,6 +311,18 @@ def test_every_word_is_in_the_bank_for_every_voice(free):
         assert all(0 <= a < b <= info.frames for a, b in voice["offsets"].values())
 
 
+def test_a_folder_made_with_other_settings_is_refused_with_the_override_that_opens_it(grid):
+    """A recipe pointed at ShapesWorld made with other settings (the full recipe's folder for the
+    asr-shapes recipe) is refused, naming what differs and the option that takes it as it is."""
+    import yaml
+    from omniformer.datasets.shapes import make
+    manifest, _ = grid
+    with pytest.raises(FileExistsError, match=r"images 60 \(asked: 300\)") as refused:
+        make(manifest, {"images": 300, "layout": "grid", "grid": 4, "seed": 2}, progress=False)
+    override = re.search(r"'--data\.dataset_options=(\{.*\})'", str(refused.value)).group(1)
+    assert make(manifest, yaml.safe_load(override), progress=False) == manifest
+
+
 def test_objects_come_back_from_their_metadata():
     from omniformer.datasets.shapes.scene import Obj, sample_scene
     rng = np.random.default_rng(0)

@@ -32,9 +32,14 @@ def make(manifest: str | Path, options: dict[str, Any], progress: bool = True) -
     out, info = manifest.parent, manifest.parent / "info.json"
     if manifest.is_file():
         made_with = json.loads(info.read_text()).get("config", {}) if info.is_file() else None
-        if made_with is not None and made_with != to_dict(cfg):
-            raise FileExistsError(f"{out} holds ShapesWorld made with other settings ({made_with}); "
-                                  f"choose another data.manifest folder or delete it")
+        wanted = to_dict(cfg)
+        if made_with is not None and made_with != wanted:
+            differ = ", ".join(f"{k} {made_with.get(k)!r} (asked: {wanted.get(k)!r})"
+                               for k in sorted(set(made_with) | set(wanted)) if made_with.get(k) != wanted.get(k))
+            flow = "{" + ", ".join(f"{k}: {v}" for k, v in made_with.items()) + "}"
+            raise FileExistsError(f"{out} holds ShapesWorld made with other settings: {differ}. To use it as it "
+                                  f"is, give its settings: '--data.dataset_options={flow}'; else choose another "
+                                  f"data.manifest folder or delete it")
         return manifest
     if manifest.name != "manifest.jsonl":
         raise ConfigError(f"data.manifest: {manifest} does not exist, and ShapesWorld (data.dataset=shapes) "
