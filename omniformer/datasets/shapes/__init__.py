@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ...config import ConfigError, from_dict, to_dict
 from .config import ShapesConfig
 from .generate import generate_shapes
@@ -36,7 +38,7 @@ def make(manifest: str | Path, options: dict[str, Any], progress: bool = True) -
         if made_with is not None and made_with != wanted:
             differ = ", ".join(f"{k} {made_with.get(k)!r} (asked: {wanted.get(k)!r})"
                                for k in sorted(set(made_with) | set(wanted)) if made_with.get(k) != wanted.get(k))
-            flow = "{" + ", ".join(f"{k}: {v}" for k, v in made_with.items()) + "}"
+            flow = yaml.safe_dump(made_with, default_flow_style=True, sort_keys=False, width=10 ** 6).strip()
             raise FileExistsError(f"{out} holds ShapesWorld made with other settings: {differ}. To use it as it "
                                   f"is, give its settings: '--data.dataset_options={flow}'; else choose another "
                                   f"data.manifest folder or delete it")
