@@ -19,6 +19,18 @@ def random_qa_model(config: str, answers: int):
     return cfg, QAModel(cfg.model, answers, qa_config(cfg)).eval()
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo): hosts of one machine type differ, and the relative
+    cost of ops with them (benchmarks/README.md, "Decoding speed")."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def write_json(path: str, results: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from omniformer.model.decoder import TextDecoder
 from omniformer.model.fusion import init_weights
-from omniformer.model.generate import (GenerationConfig, GenerationError, banned_ngram_tokens, generate, stream,
-                                       top_p_filter)
+from omniformer.model.generate import (GenerationConfig, GenerationError, banned_ngram_tokens, generate, row_argmax,
+                                       stream, top_p_filter)
 
 V, W, PAD, BOS, EOS = 13, 32, 0, 1, 2
 
@@ -157,6 +157,16 @@ def test_top_p_keeps_the_smallest_set_whose_mass_reaches_p():
     assert kept(0.81) == {0, 2, 3}
     assert kept(0.01) == {0}
     assert kept(1.0) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("width", [1, 63, 64, 65, 8000, 8001])
+def test_row_argmax_is_the_first_maximum_of_each_row(width):
+    g = torch.Generator().manual_seed(width)
+    x = torch.randint(-3, 4, (9, width), generator=g).float()  # many ties
+    x[0] = float("-inf")  # a row with every token barred
+    x[1, width // 2:] = float("inf") if width > 1 else x[1, 0]
+    x[2] = torch.randn(width, generator=g)
+    assert torch.equal(row_argmax(x), x.argmax(-1))
 
 
 def test_top_k_one_sampling_is_greedy():
