@@ -22,7 +22,7 @@ import time
 import torch
 
 from common import cpu_model, write_json
-from recognition import load_average
+from recognition import load_average, matmul_gflops
 
 VOCAB, WIDTH, LAYERS, HEADS, HIDDEN, SOURCE = 8000, 256, 3, 4, 1024, 20
 PAD, BOS, EOS = 1, 0, 2  # BART's ids, used on both sides
@@ -114,7 +114,8 @@ def main() -> None:
         "model": {"vocab": VOCAB, "width": WIDTH, "layers": f"{LAYERS}+{LAYERS}", "heads": HEADS, "hidden": HIDDEN,
                   "omniformer_parameters": sum(p.numel() for m in (encoder, decoder) for p in m.parameters()),
                   "hf_parameters": sum(p.numel() for p in bart.parameters())},
-        "machine": platform.processor() or platform.machine(), "cpu": cpu_model(), "cpus": os.cpu_count(), "load_average": load_average(),
+        "machine": platform.processor() or platform.machine(), "cpu": cpu_model(),
+        "matmul_512_gflops_1_thread": round(matmul_gflops(1), 1), "cpus": os.cpu_count(), "load_average": load_average(),
     })
 
 
