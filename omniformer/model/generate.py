@@ -228,8 +228,8 @@ def _positions(real: Tensor) -> Tensor:
 
 def row_argmax(x: Tensor, block: int = 64) -> Tensor:
     """``x.argmax(-1)`` of a 2-D tensor (the first maximum of each row), by way of each block's
-    ``amax``: on a CPU torch's argmax over a vocabulary-wide row is not vectorised and took about
-    4x as long as this (batch 32, 8,000 tokens)."""
+    ``amax``, because on a CPU torch's argmax over a vocabulary-wide row is not vectorised
+    (benchmarks/README.md, "Decoding speed")."""
     rows, width = x.shape
     if width <= block:
         return x.argmax(-1)
@@ -254,8 +254,8 @@ def _steps(decoder: TextDecoder, start: _Start, cfg: GenerationConfig, stop_ids:
 
     A step is the decoder on one token per row and a handful of ops around it: the sequences
     are kept only when a processor reads them, the self-attention mask only when a prompt is
-    padded, and a greedy step is one fused log-softmax and ``row_argmax`` (torch's ``max`` with
-    indices and its ``logsumexp`` took 2.5x as long on the CPU: benchmarks/README.md).
+    padded, and a greedy step is one fused log-softmax and ``row_argmax``, cheaper on a CPU than
+    ``max`` with indices and ``logsumexp`` (benchmarks/README.md, "Decoding speed").
     """
     generator = None
     if cfg.do_sample and cfg.seed is not None:
