@@ -334,14 +334,18 @@ class AudioConfig:
     # "none": tokens carry no position, only the stem's local view of where they are. A word
     # spotter (heads.WordSpotter) reading them then cannot tell recordings apart by timing.
     positions: Literal["learned", "sinusoidal", "none"] = "sinusoidal"
-    # "conv": stride-2 convolutions + a projection. "whisper": Whisper's stem, conv(k3, s1) ->
-    # GELU -> conv(k3, s2) -> GELU (subsample 2), no projection.
-    stem: Literal["conv", "whisper"] = "conv"
+    # "conv": stride-2 convolutions over time + a projection. "whisper": Whisper's stem, conv(k3,
+    # s1) -> GELU -> conv(k3, s2) -> GELU (subsample 2), no projection. "conv2d": 3x3 convolutions
+    # over (mel, time) as an image, stride 2 in both, stem_channels maps, then a projection of
+    # each frame's maps (the Conformer's subsampling), so a pattern is learned once for every pitch.
+    stem: Literal["conv", "whisper", "conv2d"] = "conv"
+    stem_channels: int = 32        # feature maps of the conv2d stem
     tower: TowerConfig | None = None
 
     RANGES: ClassVar[dict[str, Range]] = {"sample_rate": Range(8000, 48000), "n_mels": Range(8, 256),
                                           "win_ms": Range(1.0, 1000.0), "hop_ms": Range(0.0, 1000.0, open="lo"),
-                                          "max_seconds": Range(0.0, 3600.0, open="lo")}
+                                          "max_seconds": Range(0.0, 3600.0, open="lo"),
+                                          "stem_channels": Range(1, 1024)}
 
     def validate(self) -> None:
         require(self.hop_ms <= self.win_ms, f"hop_ms: must be in (0, win_ms={self.win_ms}], got {self.hop_ms}")

@@ -215,6 +215,10 @@ class AudioEmbedder(Embedder):
     ``cfg.audio.stem == "whisper"``: Whisper's stem, conv(k3, s1) -> GELU -> conv(k3, s2) -> GELU
     and no projection. Invalid frames are zeroed once, before the first convolution, so the
     tokens equal Whisper's on zero-padded features (and still never depend on the padding).
+
+    ``cfg.audio.stem == "conv2d"``: the log-mel as a one-channel image, a 3x3 conv (stride 1) to
+    ``stem_channels`` maps, then one 3x3 conv of stride 2 in mel and time per halving, each with
+    GELU; a token is its frame's maps over the remaining mel bands, projected to the width.
     """
 
     modality = "audio"
@@ -224,19 +228,27 @@ class AudioEmbedder(Embedder):
         a = cfg.audio
         self.subsample, self.n_mels = int(a.subsample), a.n_mels
         self.patch_dim = self.subsample * self.n_mels  # width of patchify's targets
-        self.whisper = getattr(a, "stem", "conv") == "whisper"
+        stem = getattr(a, "stem", "conv")
+        self.whisper, self.conv2d = stem == "whisper", stem == "conv2d"
         steps = self.subsample.bit_length() - 1  # 1, 2, 4, 8 -> 0, 1, 2, 3 halvings
         convs, ch = [], a.n_mels
         if self.whisper:
             convs = [nn.Conv1d(a.n_mels, cfg.width, 3, padding=1),
                      nn.Conv1d(cfg.width, cfg.width, 3, stride=2, padding=1)]
+        elif self.conv2d:
+            maps, bands = a.stem_channels, a.n_mels
+            convs = [nn.Conv2d(1, maps, 3, padding=1)]
+            for _ in range(steps):
+                convs.append(nn.Conv2d(maps, maps, 3, stride=2, padding=1))
+                bands = (bands + 1) // 2
+            ch = maps * bands
         else:
             for _ in range(max(steps, 1)):
                 convs.append(nn.Conv1d(ch, cfg.width, 3, stride=2 if steps else 1, padding=1))
                 ch = cfg.width
         self.convs = nn.ModuleList(convs)
         self.act = nn.GELU()
-        self.proj = nn.Identity() if self.whisper else nn.Linear(cfg.width, cfg.width)
+        self.proj = nn.Identity() if self.whisper else nn.Linear(ch, cfg.width)
         n = a.max_frames // self.subsample + 1
         self.positions = {"learned": lambda: LearnedPositions(n, cfg.width), "none": nn.Identity,
                           "sinusoidal": lambda: SinusoidalPositions(n, cfg.width)}[a.positions]()
@@ -245,12 +257,18 @@ class AudioEmbedder(Embedder):
         x = batch["audio"]
         mask = batch.get("audio_mask")
         mask = torch.ones(x.size(0), x.size(-1), dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+        if self.conv2d:
+            x = x.unsqueeze(1)  # (B, 1, n_mels, T)
         for i, conv in enumerate(self.convs):
             if i == 0 or not self.whisper:
-                x = x * mask[:, None, :].to(x.dtype)
+                x = x * mask.view(mask.size(0), *[1] * (x.dim() - 2), -1).to(x.dtype)
             x = self.act(conv(x))
-            mask = mask[:, :: conv.stride[0]]
-        x = self.proj(x.transpose(1, 2))  # (B, N, W)
+            mask = mask[:, :: conv.stride[-1]]
+        if self.conv2d:  # (B, maps, bands, N) -> (B, N, maps * bands)
+            x = x.permute(0, 3, 1, 2).flatten(2)
+        else:
+            x = x.transpose(1, 2)
+        x = self.proj(x)  # (B, N, W)
         return self.finish(self.apply_token_mask(x, token_mask), mask)
 
     def token_mask_from_frames(self, frame_mask: Tensor) -> Tensor:

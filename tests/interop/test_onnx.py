@@ -80,6 +80,15 @@ def test_imported_tower_shapes_export(tmp_path):
     _check_round_trip(model, cfg, export_qa(model, cfg, tmp_path / "qa.onnx"))
 
 
+def test_conv2d_audio_stem_exports(tmp_path):
+    """The (mel, time) convolutions keep the audio length dynamic in the graph."""
+    torch.manual_seed(3)
+    cfg = small_cfg()
+    cfg.audio.stem, cfg.audio.stem_channels = "conv2d", 4
+    model = QAModel(cfg, num_answers=5).eval()
+    _check_round_trip(model, cfg, export_qa(model, cfg, tmp_path / "qa.onnx"))
+
+
 def test_cli_export_from_checkpoint(tmp_path):
     from omniformer.cli import main
     from omniformer.data.text import Tokenizer

@@ -95,8 +95,10 @@ def test_image_patchify_matches_pixels():
 
 @pytest.mark.parametrize("subsample", [1, 2, 4, 8])
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal", "none"])
-def test_audio_embedder_shapes_and_mask(subsample, positions):
-    cfg = small_cfg(audio=AudioConfig(n_mels=8, max_seconds=0.5, subsample=subsample, positions=positions))
+@pytest.mark.parametrize("stem", ["conv", "conv2d"])
+def test_audio_embedder_shapes_and_mask(subsample, positions, stem):
+    cfg = small_cfg(audio=AudioConfig(n_mels=8, max_seconds=0.5, subsample=subsample, positions=positions,
+                                      stem=stem, stem_channels=4))
     emb = AudioEmbedder(cfg)
     T = 41
     frame_mask = torch.ones(3, T, dtype=torch.bool)
@@ -115,9 +117,11 @@ def test_audio_embedder_shapes_and_mask(subsample, positions):
     assert torch.isfinite(tokens).all()
 
 
-def test_audio_padding_length_and_values_do_not_matter():
+@pytest.mark.parametrize("stem,subsample", [("conv", 4), ("whisper", 2), ("conv2d", 4), ("conv2d", 1)])
+def test_audio_padding_length_and_values_do_not_matter(stem, subsample):
     torch.manual_seed(0)
-    emb = AudioEmbedder(small_cfg()).eval()
+    emb = AudioEmbedder(small_cfg(audio=AudioConfig(n_mels=8, max_seconds=0.5, stem=stem, subsample=subsample,
+                                                    stem_channels=4))).eval()
     audio = torch.randn(1, 8, 30)
     alone, _ = emb(dict(audio=audio, audio_mask=torch.ones(1, 30, dtype=torch.bool)))
     padded = torch.cat([audio, torch.randn(1, 8, 14) * 5], dim=-1)
@@ -125,6 +129,20 @@ def test_audio_padding_length_and_values_do_not_matter():
     batched, bmask = emb(dict(audio=padded, audio_mask=mask))
     assert bmask.sum() == alone.size(1)
     assert torch.allclose(batched[:, : alone.size(1)], alone, atol=1e-6)
+
+
+def test_conv2d_audio_stem_learns_a_pattern_once_for_every_pitch():
+    """The same time-frequency pattern at two pitches: the conv2d stem's first maps are the same
+    maps moved down the mel axis (one filter bank for every band), the conv stem's are not."""
+    torch.manual_seed(0)
+    cfg = small_cfg(audio=AudioConfig(n_mels=16, max_seconds=0.5, subsample=1, stem="conv2d", stem_channels=3))
+    emb = AudioEmbedder(cfg).eval()
+    low, high = torch.zeros(1, 16, 12), torch.zeros(1, 16, 12)
+    low[0, 3:5, 4:8] = torch.tensor([1.0, -2.0])[:, None]
+    high[0, 9:11, 4:8] = torch.tensor([1.0, -2.0])[:, None]
+    maps = lambda x: emb.act(emb.convs[0](x.unsqueeze(1)))  # noqa: E731
+    assert torch.allclose(maps(low)[..., 1:8, :], maps(high)[..., 7:14, :], atol=1e-6)
+    assert emb.proj.in_features == 3 * 16
 
 
 def test_audio_tokens_without_positions_depend_on_sound_not_timing():
