@@ -520,6 +520,11 @@ class DataConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     tokenizer: str = ""            # tokenizer.json or vocab.txt; empty: train one
     vocab_size: int = 1000
+    # How a trained tokenizer cuts text into words before pieces: true splits off punctuation
+    # (BERT's way), false keeps whitespace-separated words whole, so written text decodes back
+    # exactly ("T-Shirt", not "T - Shirt"). Empty (null): false for the tasks that write text
+    # (translate, caption), true for the rest.
+    split_punctuation: bool | None = None
     augment: bool = True           # image augmentation, task-aware: the QA task never flips images
     spec_augment: bool = True      # SpecAugment's time and frequency masks on training speech
     # Training speech sped up or slowed down by a random factor in [low, high] (tempo and

@@ -24,7 +24,9 @@ class TokenizerError(ValueError):
 def _bert_pipeline(tk: HFTokenizer, lowercase: bool, split_punctuation: bool = True) -> HFTokenizer:
     tk.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
     tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer() if split_punctuation else pre_tokenizers.WhitespaceSplit()
-    tk.decoder = decoders.WordPiece()
+    # Whole words decode exactly as written; BERT's clean-up would rewrite them (" do not" ->
+    # " don't"). Split punctuation needs it to close "word ." back up.
+    tk.decoder = decoders.WordPiece(cleanup=split_punctuation)
     return tk
 
 
@@ -54,7 +56,8 @@ class Tokenizer:
               lowercase: bool = True, split_punctuation: bool = True) -> "Tokenizer":
         """A WordPiece vocabulary of ``texts``; ``split_punctuation=False`` keeps every
         whitespace-separated word whole before it is cut into pieces ("don't" never becomes
-        three words), as a recogniser that writes pieces needs."""
+        three words, "T-Shirt," is "T ##- ##Shirt ##,"), so decoding gives the text back as
+        written: what a recogniser or a translator that writes pieces needs."""
         if vocab_size < len(SPECIAL_TOKENS) + 1:
             raise TokenizerError(f"vocab_size must be > {len(SPECIAL_TOKENS)}, got {vocab_size}")
         tk = _bert_pipeline(HFTokenizer(models.WordPiece(unk_token=UNK)), lowercase, split_punctuation)

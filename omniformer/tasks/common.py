@@ -42,7 +42,8 @@ def build_tokenizer(data: DataConfig, train_samples: list[dict]) -> Tokenizer:
     """The configured tokenizer file, or a WordPiece vocabulary trained on the training text."""
     if data.tokenizer:
         return Tokenizer.load(data.tokenizer)
-    return Tokenizer.train(texts_of(train_samples), vocab_size=data.vocab_size)
+    return Tokenizer.train(texts_of(train_samples), vocab_size=data.vocab_size,
+                           split_punctuation=data.split_punctuation is not False)
 
 
 SPLITS = ("train", "val", "test")
@@ -67,7 +68,8 @@ def seq2seq_tokenizer(out: Path, init: str | Path | None, resume: bool, data: Da
                       texts: Any, lowercase: bool) -> Tokenizer:
     """The vocabulary of an encoder-decoder run: the resumed run's, else the ``--init``
     checkpoint's (its embedding and decoder speak it), else ``data.tokenizer``, else one trained
-    on ``texts()`` (called only then)."""
+    on ``texts()`` (called only then), of whole words unless ``data.split_punctuation`` is true,
+    so the text it writes keeps its spacing."""
     from ..train import checkpoint as ckpt
     if resume:
         return Tokenizer.load(ckpt.find_checkpoint(out / "last") / ckpt.TOKENIZER)
@@ -75,4 +77,5 @@ def seq2seq_tokenizer(out: Path, init: str | Path | None, resume: bool, data: Da
         return Tokenizer.load(ckpt.find_checkpoint(init) / ckpt.TOKENIZER)
     if data.tokenizer:
         return Tokenizer.load(data.tokenizer)
-    return Tokenizer.train(texts(), vocab_size=data.vocab_size, lowercase=lowercase)
+    return Tokenizer.train(texts(), vocab_size=data.vocab_size, lowercase=lowercase,
+                           split_punctuation=data.split_punctuation is True)

@@ -48,3 +48,30 @@ def test_empty_text_and_missing_files_are_clear(tmp_path):
         Tokenizer.load(tmp_path / "vocab.txt")
     with pytest.raises(TokenizerError, match="no non-empty text"):
         Tokenizer.train(["", " "])
+
+
+WRITTEN = ["Ein Mann im T-Shirt, der's mag.", "Zwei Männer (rot) spielen \"Fußball\".",
+           "A black-and-white dog; I do not know why."]
+
+
+def test_whole_word_pieces_decode_text_as_written_and_split_punctuation_does_not():
+    """Whole words keep hyphens, apostrophes and brackets where they were (and BERT's clean-up,
+    which would make "do not" "don't", stays off); split punctuation spaces them out."""
+    whole = Tokenizer.train(WRITTEN * 3, vocab_size=300, lowercase=False, split_punctuation=False)
+    split = Tokenizer.train(WRITTEN * 3, vocab_size=300, lowercase=False)
+    for text in WRITTEN:
+        assert whole.decode(whole.encode(text)) == text
+    assert split.decode(split.encode(WRITTEN[0])) == "Ein Mann im T - Shirt, der ' s mag."
+
+
+@pytest.mark.parametrize("setting,whole_words", [(None, True), (False, True), (True, False)])
+def test_text_writing_tasks_train_whole_word_vocabularies_unless_told(tmp_path, setting, whole_words):
+    """The vocabulary an encoder-decoder run trains (translate, caption) is of whole words by
+    default, so what it writes decodes as written; the other tasks split punctuation by default."""
+    from omniformer.config import DataConfig
+    from omniformer.tasks.common import build_tokenizer, seq2seq_tokenizer
+    data = DataConfig(vocab_size=300, split_punctuation=setting)
+    tok = seq2seq_tokenizer(tmp_path, None, False, data, lambda: WRITTEN * 3, lowercase=False)
+    assert (tok.decode(tok.encode(WRITTEN[0])) == WRITTEN[0]) == whole_words
+    other = build_tokenizer(data, [{"text": t} for t in WRITTEN * 3])
+    assert (other.decode(other.encode("T-Shirt")) == "t-shirt") == (setting is False)  # lowercased
