@@ -33,6 +33,7 @@ from ..data.shards import ShardBatchSampler, shard_of
 from . import checkpoint as ckpt
 from . import distributed
 from .compiled import compile_step
+from .memory import keep_freed_memory
 from .optim import build_optimizer, build_scheduler
 from .threads import ThreadGovernor
 
@@ -146,6 +147,7 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, out_dir: str | P
     """
     out_dir = Path(out_dir)
     device = resolve_device(cfg.device)
+    keep_freed_memory()  # a step's large activations reuse the last step's memory, not fresh pages
     ranks = distributed.init(device.type, cfg.parallel)
     mode = distributed.resolve_parallel(cfg.parallel, ranks.world)
     if device.type == "cuda" and ranks.world > 1:
