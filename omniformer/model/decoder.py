@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import KVCache
-from .layers import LayerNorm, dropout
+from .layers import Dropout, LayerNorm, dropout
 from .transformer import Decoder
 
 Cache = list[tuple[KVCache, KVCache]]
@@ -32,7 +32,7 @@ class TextDecoder(nn.Module):
         self.token = embedding if embedding is not None else nn.Embedding(vocab_size, width, padding_idx=pad_id)
         self.positions = nn.Embedding(max_positions, width)
         self.ln = LayerNorm(width, eps=eps)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.decoder = Decoder(depth, width, heads, mlp_hidden, dropout, attn_dropout, norm, eps, activation)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
@@ -45,6 +45,16 @@ class TextDecoder(nn.Module):
         for B = C * K rows, each context's K rows consecutive: beam search); ``mask`` True =
         real token over every key (the cached ones first); ``positions`` (B, T) default counts on
         from the cache's length (left-padded prompts pass their own)."""
+        return self.logits(self.states(tokens, context, context_mask, mask, positions, cache))
+
+    def logits(self, states: Tensor) -> Tensor:
+        """The vocabulary's scores for decoder states (..., W): the tied output layer."""
+        return F.linear(states, self.token.weight.to(states.dtype), self.bias.to(states.dtype))  # one addmm
+
+    def states(self, tokens: Tensor, context: Tensor | None, context_mask: Tensor | None = None,
+               mask: Tensor | None = None, positions: Tensor | None = None, cache: Cache | None = None) -> Tensor:
+        """The last layer's states (B, T, W), before the output layer; arguments as ``forward``.
+        Training scores only the states of real target tokens (``Seq2SeqModel``)."""
         if positions is None:
             start = len(cache[0][0]) if cache else 0
             positions = torch.arange(start, start + tokens.size(1), device=tokens.device).expand(tokens.size(0), -1)
@@ -52,5 +62,4 @@ class TextDecoder(nn.Module):
             raise ValueError(f"the decoder has {self.max_positions} positions; position {int(positions.max())} "
                              f"is past them (generate fewer tokens or train with more positions)")
         x = dropout(self.drop, self.ln(self.token(tokens) + self.positions(positions)))
-        hidden = self.decoder(x, context, mask, context_mask, cache)
-        return F.linear(hidden, self.token.weight.to(hidden.dtype), self.bias.to(hidden.dtype))  # one addmm
+        return self.decoder(x, context, mask, context_mask, cache)

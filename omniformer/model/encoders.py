@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import LayerNorm, LearnedPositions, SinusoidalPositions, sinusoidal_positions_2d
+from .layers import Dropout, LayerNorm, LearnedPositions, SinusoidalPositions, sinusoidal_positions_2d
 
 Batch = dict[str, Tensor]
 
@@ -50,7 +50,7 @@ class Embedder(nn.Module):
         self.positions: nn.Module = nn.Identity()
         tower = getattr(getattr(cfg, self.modality, None), "tower", None)
         self.ln = LayerNorm(cfg.width, eps=cfg.layer_norm_eps) if tower is None or tower.embed_ln else nn.Identity()
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def apply_token_mask(self, x: Tensor, token_mask: Tensor | None) -> Tensor:
         if token_mask is None:

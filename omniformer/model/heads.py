@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import LayerNorm
+from .layers import Dropout, LayerNorm
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP: the contrastive temperature never goes below 0.01
 
@@ -74,7 +74,7 @@ class ClassifierHead(nn.Module):
         super().__init__()
         hidden = hidden or 2 * width
         self.net = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), LayerNorm(hidden, eps=eps),
-                                 nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+                                 Dropout(dropout), nn.Linear(hidden, num_classes))
 
     def forward(self, cls: Tensor) -> Tensor:
         return self.net(cls)

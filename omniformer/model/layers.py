@@ -27,6 +27,18 @@ def activation_layer(name: str) -> nn.Module:
     raise ValueError(f"unknown activation {name!r}; expected gelu, gelu_tanh, quick_gelu or relu")
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose mask on a CPU is a uniform draw compared with ``p``: torch's own draws
+    it with ``bernoulli_``, which on a CPU takes over twice as long for the same mask
+    (benchmarks/README.md, "Memory the allocator gives back"); other devices keep torch's kernel."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu" or self.inplace or self.p >= 1:
+            return super().forward(x)
+        keep = torch.rand(x.shape, device=x.device) >= self.p  # drawn in fp32 whatever x's dtype
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
 def dropout(drop: nn.Dropout, x: Tensor) -> Tensor:
     """``drop(x)``, skipped outright where it is the identity (eval mode or p = 0): a decoding
     step calls a dozen of them, each a module call and an op for nothing."""
@@ -41,7 +53,7 @@ class FeedForward(nn.Module):
         self.fc1 = nn.Linear(width, hidden)
         self.act = activation_layer(activation)
         self.fc2 = nn.Linear(hidden, width)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return dropout(self.drop, self.fc2(self.act(self.fc1(x))))

@@ -10,7 +10,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from .attention import KVCache, MultiHeadAttention
-from .layers import FeedForward, LayerNorm, dropout
+from .layers import Dropout, FeedForward, LayerNorm, dropout
 
 
 class EncoderBlock(nn.Module):
@@ -27,7 +27,7 @@ class EncoderBlock(nn.Module):
         self.attn = MultiHeadAttention(width, heads, dropout=attn_dropout)
         self.ln2 = LayerNorm(width, eps=eps)
         self.mlp = FeedForward(width, mlp_hidden, activation, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if self.pre_norm:
@@ -76,7 +76,7 @@ class DecoderBlock(nn.Module):
         self.cross_attn = MultiHeadAttention(width, heads, dropout=attn_dropout, cross=True)
         self.ln2 = LayerNorm(width, eps=eps)
         self.mlp = FeedForward(width, mlp_hidden, activation, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor, context: Tensor | None, mask: Tensor | None = None,
                 context_mask: Tensor | None = None, cache: tuple[KVCache, KVCache] | None = None) -> Tensor:

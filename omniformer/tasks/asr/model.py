@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ...config import ModelConfig
 from ...model import Omniformer, init_weights
+from ...model.layers import Dropout
 from ...train import checkpoint as ckpt
 from .config import ASRConfig
 
@@ -20,7 +21,7 @@ class CTCHead(nn.Module):
     def __init__(self, width: int, num_labels: int, dropout: float = 0.1, eps: float = 1e-5):
         super().__init__()
         self.norm = nn.LayerNorm(width, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.proj = nn.Linear(width, num_labels)
 
     def forward(self, tokens: Tensor) -> Tensor:
