@@ -18,6 +18,7 @@ from ..config import ModelConfig, ObjectiveConfig
 from .base import Task, TaskError
 from ..model import ContrastiveHead, MaskedPatchHead, MatchingHead, MLMHead, Omniformer, init_weights
 from ..model.decoder import TextDecoder
+from ..model.generate import row_argmax
 from ..objectives import hard_negative_indices, info_nce, mask_tokens, masked_patch_loss, matching_loss
 from ..registry import get_modality
 from .qa.heads import BagOfWords, GuidedAnswerHead, WordSpotter
@@ -181,13 +182,13 @@ class PretrainingModel(nn.Module):
                 source = self.backbone({k: batch[k][rows] for k in keys})
                 context, context_mask = source.hidden, source.mask
             tokens, mask = text[rows], text_mask[rows]
-            logits = self.decoder(tokens[:, :-1], context, context_mask)
-            labels = tokens[:, 1:].masked_fill(~mask[:, 1:], -100)
-            real = labels != -100
-            total = total + F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
-                                            reduction="sum")
-            correct += int(((logits.argmax(-1) == labels) & real).sum())
-            count += int(real.sum())
+            states = self.decoder.states(tokens[:, :-1], context, context_mask)
+            real = mask[:, 1:].bool()  # only real positions reach the output layer
+            labels = tokens[:, 1:][real]
+            logits = self.decoder.logits(states[real]).float()
+            total = total + F.cross_entropy(logits, labels, reduction="sum")
+            correct += int((row_argmax(logits.detach()) == labels).sum())
+            count += len(labels)
         if not count:
             return None
         return total / count, torch.tensor(correct / count)

@@ -7,7 +7,7 @@ import torch
 
 from omniformer.tasks.caption import CaptionConfig
 from omniformer.tasks.pretrain import PretrainingModel
-from omniformer.tasks.seq2seq import Seq2SeqModel
+from omniformer.tasks.seq2seq import Seq2SeqModel, TranslateConfig
 from omniformer.train.checkpoint import save_checkpoint
 from test_task_models import batch, small_cfg
 
@@ -91,3 +91,31 @@ def test_caption_and_translate_start_their_decoder_from_pretraining(tmp_path):
     fresh = Seq2SeqModel(caption_model_cfg, task)
     fresh.load_pretrained(tmp_path / "plain")
     assert fresh.decoder_loaded == 0
+
+
+def test_the_seq2seq_loss_scores_real_target_tokens_only_as_the_padded_formula_does():
+    """Only real positions reach the output layer; the label-smoothed loss and the token accuracy
+    equal those of the full padded logits with the padding ignored."""
+    torch.manual_seed(0)
+    cfg = small_cfg().model
+    cfg.modalities = ["text"]
+    task = TranslateConfig(decoder_depth=2, max_target_len=12, label_smoothing=0.1)
+    model = Seq2SeqModel(cfg, task).eval()
+    lengths = torch.tensor([12, 5, 3, 8])
+    target_mask = torch.arange(12)[None, :] < lengths[:, None]
+    target = torch.randint(5, cfg.vocab_size, (4, 12)).masked_fill(~target_mask, 0)
+    source = torch.randint(5, cfg.vocab_size, (4, 7))
+    batch = {"text": source, "text_mask": torch.ones_like(source, dtype=torch.bool), "target": target,
+             "target_mask": target_mask}
+    out = model(batch)
+    context, context_mask = model.encode(batch)
+    logits = model.decoder(target[:, :-1], context, context_mask)
+    labels = target[:, 1:].masked_fill(~target_mask[:, 1:], -100)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                                 label_smoothing=0.1)
+    assert torch.allclose(out["loss"], expected, atol=1e-6)
+    real = labels != -100
+    accuracy = ((logits.argmax(-1) == labels) & real).sum() / real.sum()
+    assert torch.allclose(out["token_accuracy"], accuracy)
+    out["loss"].backward()
+    assert model.decoder.bias.grad is not None and model.decoder.bias.grad.abs().sum() > 0

@@ -10,10 +10,9 @@ from torch import Tensor, nn
 from ...config import ModelConfig
 from ...model import Omniformer, init_weights
 from ...model.decoder import TextDecoder
+from ...model.generate import row_argmax
 from ...train import checkpoint as ckpt
 from .config import Seq2SeqConfig, TranslateConfig
-
-IGNORE = -100
 
 
 class Seq2SeqModel(nn.Module):
@@ -51,13 +50,18 @@ class Seq2SeqModel(nn.Module):
         out: dict[str, Tensor] = {}
         target = batch.get("target")
         if target is not None:
-            # Right-padded targets: the causal mask already hides the padding from every real position.
-            logits = self.decoder(target[:, :-1], context, context_mask)
-            labels = target[:, 1:].masked_fill(~batch["target_mask"][:, 1:], IGNORE)
-            out["loss"] = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
-                                          label_smoothing=self.label_smoothing)
-            real = labels != IGNORE
-            out["token_accuracy"] = ((logits.argmax(-1) == labels) & real).sum() / real.sum().clamp(min=1)
+            # Right-padded targets: the causal mask already hides the padding from every real position,
+            # and only real positions reach the output layer (its logits are most of a step's memory).
+            states = self.decoder.states(target[:, :-1], context, context_mask)
+            real = batch["target_mask"][:, 1:].bool()
+            labels = target[:, 1:][real]
+            logits = self.decoder.logits(states[real]).float()
+            if labels.numel():
+                out["loss"] = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+                out["token_accuracy"] = (row_argmax(logits.detach()) == labels).float().mean()
+            else:  # no target token past [CLS]: nothing to learn, but a loss the loop can step on
+                out["loss"] = logits.sum() + states.sum() * 0
+                out["token_accuracy"] = logits.new_zeros(())
         return out
 
     def load_pretrained(self, path: str | Path) -> None:
