@@ -30,7 +30,7 @@ def activation_layer(name: str) -> nn.Module:
 class Dropout(nn.Dropout):
     """``nn.Dropout`` whose mask on a CPU is a uniform draw compared with ``p``: torch's own draws
     it with ``bernoulli_``, which on a CPU takes over twice as long for the same mask
-    (benchmarks/README.md, "Memory the allocator gives back"); other devices keep torch's kernel."""
+    (benchmarks/README.md, "The CPU training step"); other devices keep torch's kernel."""
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu" or self.inplace or self.p >= 1:

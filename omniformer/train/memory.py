@@ -4,7 +4,7 @@ glibc's malloc serves every block over its mmap threshold (at most 32 MiB by def
 from the kernel and gives it back on free, so a training step whose activations are large
 (the decoder's tokens × vocabulary logits: 200 MiB at a batch of 256 sentences) page-faults
 every such tensor in again, every step; an elementwise pass over fresh memory then costs about
-three times one over reused memory (benchmarks/README.md, "Memory the allocator gives back").
+three times one over reused memory (benchmarks/README.md, "The CPU training step").
 Raising the threshold keeps those blocks in malloc's heap, as PyTorch's CUDA allocator caches
 device memory. A user's own ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` wins.
 """
