@@ -28,6 +28,8 @@ from .streaming import SILENCE_DBFS, StreamSettings, TranscriptStream
 
 TASK_NAME = "asr"
 MAX_SECONDS = 15 * 60  # longest recording transcribe() takes in one call
+# A long recording is cut where this much of it is quietest: longer than the gaps inside a word.
+QUIET_SPAN_MS = 100
 
 
 @dataclass
@@ -88,14 +90,17 @@ class Transcriber:
 
     def windows(self, wave: np.ndarray) -> list[tuple[float, np.ndarray]]:
         """(start in seconds, waveform) pieces of at most ``model.audio.max_seconds`` each, cut
-        at the quietest 10 ms of each piece's last second so that words are rarely split."""
+        in the middle of the quietest ``QUIET_SPAN_MS`` of each piece's last second: a pause
+        between words, not the quietest instant, which may be a gap inside a word."""
         rate = self.cfg.model.audio.sample_rate
         size, hop = int(self.cfg.model.audio.max_seconds * rate), rate // 100
         pieces, start = [], 0
         while len(wave) - start > size:
             tail = wave[start + size - rate: start + size]
-            frames = tail[: len(tail) // hop * hop].reshape(-1, hop)
-            cut = start + size - rate + int(np.argmin((frames ** 2).mean(1))) * hop + hop // 2
+            energy = (tail[: len(tail) // hop * hop].reshape(-1, hop) ** 2).mean(1)  # per 10 ms
+            span = max(1, min(len(energy), QUIET_SPAN_MS // 10))
+            quietest = int(np.argmin(np.convolve(energy, np.ones(span), mode="valid"))) + span // 2
+            cut = start + size - rate + quietest * hop + hop // 2
             pieces.append((start / rate, wave[start:cut]))
             start = cut
         pieces.append((start / rate, wave[start:]))

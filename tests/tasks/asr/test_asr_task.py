@@ -242,3 +242,27 @@ def test_http_refuses_recordings_past_its_limit(trained):
         assert r.status_code in (400, 413), r.text
         assert "120" in r.json()["error"]["message"] and r.json()["error"]["field"] == "audio"
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_long_recording_is_cut_in_a_pause_between_words_not_a_gap_inside_one(trained):
+    """Letters 110 ms apart by 50 ms gaps, words by 150 ms pauses, noise throughout: every cut
+    falls in a pause between words (the quietest 10 ms alone is as likely a gap in a word)."""
+    asr = Transcriber.load(trained[0])
+    rate = asr.cfg.model.audio.sample_rate
+    noise = np.random.default_rng(0)
+    parts, pauses, at = [], [], 0
+    for word in range(40):
+        for letter in range(3):
+            n = int(rate * 0.11)
+            parts.append(0.5 * np.sin(2 * np.pi * 900 * np.arange(n) / rate) * np.hanning(n))
+            gap = int(rate * (0.05 if letter < 2 else 0.15))
+            parts.append(np.zeros(gap))
+            at += n + gap
+        pauses.append((at - gap, at))
+    wave = np.concatenate(parts).astype(np.float32)
+    wave += np.float32(0.01) * noise.standard_normal(len(wave)).astype(np.float32)
+    pieces = asr.windows(wave)
+    assert len(pieces) > 3 and sum(len(w) for _, w in pieces) == len(wave)
+    for start, _ in pieces[1:]:
+        cut = round(start * rate)
+        assert any(a <= cut <= b for a, b in pauses), f"cut at {start:.3f} s is inside a word"
