@@ -234,7 +234,7 @@ def row_argmax(x: Tensor, block: int = 64) -> Tensor:
     if width <= block:
         return x.argmax(-1)
     pad = -width % block
-    blocks = (F.pad(x, (0, pad), value=float("-inf")) if pad else x).view(rows, -1, block)
+    blocks = (F.pad(x, (0, pad), value=float("-inf")) if pad else x).view(rows, (width + pad) // block, block)
     first = blocks.amax(-1).argmax(-1)  # the first block holding each row's maximum
     within = blocks[torch.arange(rows, device=x.device), first].argmax(-1)
     return first * block + within

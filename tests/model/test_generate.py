@@ -167,6 +167,7 @@ def test_row_argmax_is_the_first_maximum_of_each_row(width):
     x[1, width // 2:] = float("inf") if width > 1 else x[1, 0]
     x[2] = torch.randn(width, generator=g)
     assert torch.equal(row_argmax(x), x.argmax(-1))
+    assert row_argmax(x[:0]).shape == (0,)  # no rows (a batch whose targets are all padding)
 
 
 def test_top_k_one_sampling_is_greedy():
