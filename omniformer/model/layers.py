@@ -29,7 +29,7 @@ def activation_layer(name: str) -> nn.Module:
 
 class Dropout(nn.Dropout):
     """``nn.Dropout`` whose mask on a CPU is a uniform draw compared with ``p``: torch's own draws
-    it with ``bernoulli_``, which on a CPU takes over twice as long for the same mask
+    it with ``bernoulli_``, slower on a CPU for the same mask
     (benchmarks/README.md, "The CPU training step"); other devices keep torch's kernel."""
 
     def forward(self, x: Tensor) -> Tensor:

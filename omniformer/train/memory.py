@@ -1,12 +1,10 @@
 """Keep freed tensor memory in the process for the next training step, where the C library allows.
 
-glibc's malloc serves every block over its mmap threshold (at most 32 MiB by default) straight
-from the kernel and gives it back on free, so a training step whose activations are large
-(the decoder's tokens × vocabulary logits: 200 MiB at a batch of 256 sentences) page-faults
-every such tensor in again, every step; an elementwise pass over fresh memory then costs about
-three times one over reused memory (benchmarks/README.md, "The CPU training step").
-Raising the threshold keeps those blocks in malloc's heap, as PyTorch's CUDA allocator caches
-device memory. A user's own ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` wins.
+glibc's malloc hands blocks over its mmap threshold back to the kernel on free, so a step whose
+activations are large (a decoder's tokens x vocabulary logits) faults the same memory in again
+every step; raising the threshold keeps those blocks for the next step, as PyTorch's CUDA
+allocator caches device memory (figures: benchmarks/README.md, "The CPU training step").
+A user's own ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` wins.
 """
 from __future__ import annotations
 
