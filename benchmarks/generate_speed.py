@@ -10,7 +10,8 @@ makes exactly ``--new-tokens`` tokens per row (the stop token is held back by
 ``min_new_tokens`` on both sides), from sources of 20 tokens, greedy and beam 4, batch 1 and
 32. Tokens/s counts the new tokens of every row (beam search: of the returned sequence); each
 figure is the best of ``--repeats`` runs, the two sides alternating, the encoder pass included on
-both sides.
+both sides. Ours runs twice in each turn: as it is, and with its decoding steps' weights not
+packed (``packed_matmuls`` a null context), to show what packing brings.
 """
 from __future__ import annotations
 
@@ -52,19 +53,18 @@ def omniformer_model():
     return encoder.eval(), decoder.eval()
 
 
-def timed_pair(a, b, repeats: int) -> tuple[float, float]:
-    """Best-of-``repeats`` seconds of ``a`` and of ``b``, run alternately (a, b, a, b, ...) so that
-    a burst of load on the shared cores hits both sides alike."""
-    a(), b()  # warm-up
-    best_a = best_b = float("inf")
+def timed_in_turn(runs, repeats: int) -> list[float]:
+    """Best-of-``repeats`` seconds of each of ``runs``, run in turn (a, b, c, a, b, c, ...) so that
+    a burst of load on the shared cores hits every side alike."""
+    for run in runs:  # warm-up
+        run()
+    best = [float("inf")] * len(runs)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        a()
-        t1 = time.perf_counter()
-        b()
-        t2 = time.perf_counter()
-        best_a, best_b = min(best_a, t1 - t0), min(best_b, t2 - t1)
-    return best_a, best_b
+        for i, run in enumerate(runs):
+            t0 = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
 
 
 def main() -> None:
@@ -75,6 +75,9 @@ def main() -> None:
     ap.add_argument("--json", default="benchmarks/results/generate_speed.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    import contextlib
+
+    import omniformer.model.generate as generation
     from omniformer.model.generate import generate
 
     bart = hf_model()
@@ -101,13 +104,23 @@ def main() -> None:
                                         early_stopping=False, length_penalty=1.0)
                 assert out.shape == (batch, n + 1), out.shape  # the start token and n new ones
 
-            t_ours, t_hf = timed_pair(ours, theirs, args.repeats)
+            def ours_unpacked():  # the same generate() with its decoding steps' weights not packed
+                packed, generation.packed_matmuls = generation.packed_matmuls, contextlib.nullcontext
+                try:
+                    ours()
+                finally:
+                    generation.packed_matmuls = packed
+
+            t_ours, t_unpacked, t_hf = timed_in_turn([ours, ours_unpacked, theirs], args.repeats)
             row = {"batch": batch, "beams": beams, "new_tokens": n,
                    "omniformer_tokens_per_s": round(batch * n / t_ours, 1),
-                   "hf_tokens_per_s": round(batch * n / t_hf, 1), "speedup": round(t_hf / t_ours, 2)}
+                   "omniformer_unpacked_tokens_per_s": round(batch * n / t_unpacked, 1),
+                   "hf_tokens_per_s": round(batch * n / t_hf, 1), "speedup": round(t_hf / t_ours, 2),
+                   "speedup_unpacked": round(t_hf / t_unpacked, 2)}
             rows.append(row)
-            print(f"batch {batch:>2} beams {beams}: omniformer {row['omniformer_tokens_per_s']:>8} tok/s   "
-                  f"hf {row['hf_tokens_per_s']:>8} tok/s   x{row['speedup']}")
+            print(f"batch {batch:>2} beams {beams}: omniformer {row['omniformer_tokens_per_s']:>8} tok/s "
+                  f"(unpacked {row['omniformer_unpacked_tokens_per_s']:>8})   hf {row['hf_tokens_per_s']:>8} tok/s   "
+                  f"x{row['speedup']} (unpacked x{row['speedup_unpacked']})")
     import transformers
     write_json(args.json, {
         "rows": rows, "threads": args.threads, "torch": torch.__version__, "transformers": transformers.__version__,

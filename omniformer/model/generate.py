@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .decoder import TextDecoder
+from .layers import packed_matmuls
 
 
 class GenerationError(ValueError):
@@ -297,8 +298,9 @@ def _steps(decoder: TextDecoder, start: _Start, cfg: GenerationConfig, stop_ids:
             ids = torch.cat([ids, token[:, None]], dim=1)
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(alive)[:, None]], dim=1)
-        logits = decoder(token[:, None], None, start.context_mask, mask=mask, positions=next_position,
-                         cache=cache)[:, -1]
+        with packed_matmuls():
+            logits = decoder(token[:, None], None, start.context_mask, mask=mask, positions=next_position,
+                             cache=cache)[:, -1]
         next_position = next_position + 1
 
 
@@ -424,7 +426,8 @@ def _beam_search(decoder: TextDecoder, start: _Start, cfg: GenerationConfig, sto
             mask = real
         for own, _cross in cache:  # beams of one row share a context: the cross caches need no reorder
             own.reorder(order)
-        logits = decoder(token[:, None], None, ctx_mask, mask=mask, positions=next_position, cache=cache)[:, -1]
+        with packed_matmuls():
+            logits = decoder(token[:, None], None, ctx_mask, mask=mask, positions=next_position, cache=cache)[:, -1]
         next_position = next_position + 1
     running, running_scores = ids[:, T0:].tolist(), beam_scores.tolist()
     out = []
