@@ -385,10 +385,14 @@ def _beam_search(decoder: TextDecoder, start: _Start, cfg: GenerationConfig, sto
     done = [False] * B
     penalty = lambda n: n ** cfg.length_penalty  # noqa: E731
     for made in range(cfg.max_new_tokens):
-        logp = F.log_softmax(process(logits.float(), ids, real, made), dim=-1)
-        candidates = (beam_scores.view(-1, 1) + logp).view(B, K * V)
-        top, index = candidates.topk(min(2 * K, K * V), dim=1)
-        beam, tok = index // V, index % V
+        scores = process(logits.float(), ids, real, made)
+        # A beam's score is the same for all its tokens, so each beam's best 2K tokens hold every
+        # candidate of it that the row's best 2K can take: the row chooses among K * 2K, not K * V.
+        per_beam = min(2 * K, V)
+        best, best_tokens = scores.topk(per_beam, dim=1)                                # (B*K, 2K)
+        candidates = (best - scores.logsumexp(-1, keepdim=True) + beam_scores.view(-1, 1)).view(B, K * per_beam)
+        top, index = candidates.topk(min(2 * K, K * per_beam), dim=1)
+        beam, tok = index // per_beam, best_tokens.view(B, K * per_beam).gather(1, index)
         length = made + 1
         new_scores, new_beams, new_tokens = top[:, :K].contiguous(), beam[:, :K].contiguous(), tok[:, :K].contiguous()
         slow = {b for b in range(B) if done[b] or len(finished[b]) == K}
