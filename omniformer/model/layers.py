@@ -54,9 +54,9 @@ def dropout(drop: nn.Dropout, x: Tensor) -> Tensor:
 # MKL's packed matrix products (the kernels torch.compile's freezing uses for float32 on a CPU).
 _MKL_PACKING = torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear")
 _PACKING = contextvars.ContextVar("omniformer_packed_matmuls", default=False)
-# Packed only between these row counts: below, a product is a memory-bound matrix-vector one, and
-# the packed copy (padded to MKL's blocks, larger than the weight) reads more than it saves; above,
-# it gains little and each new row count costs a pack.
+# Packed only between these row counts: below, a product is a memory-bound matrix-vector one that
+# the packed layout made slower in a decoding run; above, it gains little and each new row count
+# costs a pack (about the weight's own memory, and the time of one product).
 PACKED_MIN_ROWS, PACKED_MAX_ROWS = 4, 256
 PACKED_COUNTS = 2       # row counts kept packed per weight (the oldest is dropped)
 
