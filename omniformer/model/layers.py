@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 import weakref
 from typing import Iterator
 
@@ -59,6 +60,7 @@ _PACKING = contextvars.ContextVar("omniformer_packed_matmuls", default=False)
 # costs a pack (about the weight's own memory, and the time of one product).
 PACKED_MIN_ROWS, PACKED_MAX_ROWS = 4, 256
 PACKED_COUNTS = 2       # row counts kept packed per weight (the oldest is dropped)
+_PACKS_CHANGING = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -85,10 +87,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, packs: dict) -> Tenso
     if entry is None or entry[0]() is not weight or entry[1] != weight._version:
         if not _packable(x, weight, bias, rows):
             return F.linear(x, weight, bias)
-        while len(packs) >= PACKED_COUNTS:
-            packs.pop(next(iter(packs)))
-        entry = packs[rows] = (weakref.ref(weight), weight._version,
-                               torch.ops.mkl._mkl_reorder_linear_weight(weight, rows))
+        with _PACKS_CHANGING:  # the server decodes in several threads with one model
+            while len(packs) >= PACKED_COUNTS:
+                packs.pop(next(iter(packs)))
+            entry = packs[rows] = (weakref.ref(weight), weight._version,
+                                   torch.ops.mkl._mkl_reorder_linear_weight(weight, rows))
     elif x.dtype is not torch.float32 or not x.is_cpu:
         return F.linear(x, weight, bias)
     return _mkl_linear(x.contiguous(), entry[2], weight, bias, rows)

@@ -3,6 +3,7 @@ the linear layer's packed weights for decoding: the same products."""
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import pytest
 import torch
@@ -109,3 +110,28 @@ def test_generate_makes_the_same_tokens_with_packed_weights(beams, monkeypatch):
     plain = generate(dec, ctx, mask, **kw)
     assert [g.tokens for g in packed] == [g.tokens for g in plain]
     assert all(abs(a.score - b.score) < 1e-4 for a, b in zip(packed, plain))
+
+
+def test_threads_decoding_different_row_counts_with_one_layer_get_their_own_products():
+    torch.manual_seed(0)
+    lin = Linear(32, 40)
+    inputs = {rows: torch.randn(rows, 32) for rows in (4, 5, 6, 7)}  # more row counts than are kept
+    expected = {rows: F.linear(x, lin.weight, lin.bias) for rows, x in inputs.items()}
+    failures = []
+
+    def decode(rows):
+        try:
+            with torch.no_grad(), packed_matmuls():
+                for _ in range(300):
+                    if not torch.allclose(lin(inputs[rows]), expected[rows], atol=1e-5):
+                        failures.append(rows)
+        except Exception as e:  # noqa: BLE001 - any error in a thread is the failure
+            failures.append(repr(e))
+
+    threads = [threading.Thread(target=decode, args=(rows,)) for rows in inputs for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert len(lin._packs) <= layers.PACKED_COUNTS
