@@ -10,9 +10,7 @@ makes exactly ``--new-tokens`` tokens per row (the stop token is held back by
 ``min_new_tokens`` on both sides), from sources of 20 tokens, greedy and beam 4, batch 1 and
 32. Tokens/s counts the new tokens of every row (beam search: of the returned sequence); each
 figure is the best of ``--repeats`` runs, the two sides alternating, the encoder pass included on
-both sides. Ours runs twice in each turn, each time after theirs: as it is, and with its
-decoding steps' weights not packed (``packed_matmuls`` a null context), to show what packing
-brings; theirs keeps the best of its two runs a turn.
+both sides.
 """
 from __future__ import annotations
 
@@ -20,7 +18,6 @@ import argparse
 import os
 import platform
 import time
-from typing import Callable
 
 import torch
 
@@ -55,19 +52,19 @@ def omniformer_model():
     return encoder.eval(), decoder.eval()
 
 
-def timed_in_turn(runs: list[tuple[str, Callable[[], None]]], repeats: int) -> dict[str, float]:
-    """Best-of-``repeats`` seconds of each named run, the runs in turn (a, b, c, a, b, c, ...) so
-    that a burst of load on the shared cores hits every side alike; a name listed twice is timed
-    at both places in each turn and keeps its best."""
-    for _, run in runs:  # warm-up
-        run()
-    best = {name: float("inf") for name, _ in runs}
+def timed_pair(a, b, repeats: int) -> tuple[float, float]:
+    """Best-of-``repeats`` seconds of ``a`` and of ``b``, run alternately (a, b, a, b, ...) so that
+    a burst of load on the shared cores hits both sides alike."""
+    a(), b()  # warm-up
+    best_a = best_b = float("inf")
     for _ in range(repeats):
-        for name, run in runs:
-            t0 = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+        t0 = time.perf_counter()
+        a()
+        t1 = time.perf_counter()
+        b()
+        t2 = time.perf_counter()
+        best_a, best_b = min(best_a, t1 - t0), min(best_b, t2 - t1)
+    return best_a, best_b
 
 
 def main() -> None:
@@ -78,9 +75,6 @@ def main() -> None:
     ap.add_argument("--json", default="benchmarks/results/generate_speed.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    import contextlib
-
-    import omniformer.model.generate as generation
     from omniformer.model.generate import generate
 
     bart = hf_model()
@@ -107,26 +101,13 @@ def main() -> None:
                                         early_stopping=False, length_penalty=1.0)
                 assert out.shape == (batch, n + 1), out.shape  # the start token and n new ones
 
-            def ours_unpacked():  # the same generate() with its decoding steps' weights not packed
-                packed, generation.packed_matmuls = generation.packed_matmuls, contextlib.nullcontext
-                try:
-                    ours()
-                finally:
-                    generation.packed_matmuls = packed
-
-            # Each of ours follows theirs, so both start from caches theirs has just filled.
-            best = timed_in_turn([("ours", ours), ("theirs", theirs), ("unpacked", ours_unpacked), ("theirs", theirs)],
-                                 args.repeats)
-            t_ours, t_unpacked, t_hf = best["ours"], best["unpacked"], best["theirs"]
+            t_ours, t_hf = timed_pair(ours, theirs, args.repeats)
             row = {"batch": batch, "beams": beams, "new_tokens": n,
                    "omniformer_tokens_per_s": round(batch * n / t_ours, 1),
-                   "omniformer_unpacked_tokens_per_s": round(batch * n / t_unpacked, 1),
-                   "hf_tokens_per_s": round(batch * n / t_hf, 1), "speedup": round(t_hf / t_ours, 2),
-                   "speedup_unpacked": round(t_hf / t_unpacked, 2)}
+                   "hf_tokens_per_s": round(batch * n / t_hf, 1), "speedup": round(t_hf / t_ours, 2)}
             rows.append(row)
-            print(f"batch {batch:>2} beams {beams}: omniformer {row['omniformer_tokens_per_s']:>8} tok/s "
-                  f"(unpacked {row['omniformer_unpacked_tokens_per_s']:>8})   hf {row['hf_tokens_per_s']:>8} tok/s   "
-                  f"x{row['speedup']} (unpacked x{row['speedup_unpacked']})")
+            print(f"batch {batch:>2} beams {beams}: omniformer {row['omniformer_tokens_per_s']:>8} tok/s   "
+                  f"hf {row['hf_tokens_per_s']:>8} tok/s   x{row['speedup']}")
     import transformers
     write_json(args.json, {
         "rows": rows, "threads": args.threads, "torch": torch.__version__, "transformers": transformers.__version__,

@@ -24,8 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Linear
-
 
 def build_attention_mask(key_padding_mask: Tensor | None, causal: bool, q_len: int, k_len: int) -> Tensor | None:
     """Boolean SDPA mask (True = may attend), or None when SDPA needs none (no padding)."""
@@ -73,11 +71,11 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"width {width} must be a multiple of heads {heads}")
         self.width, self.heads, self.dropout, self.cross = width, heads, dropout, cross
         if cross:
-            self.q = Linear(width, width, bias=bias)
-            self.kv = Linear(width, 2 * width, bias=bias)
+            self.q = nn.Linear(width, width, bias=bias)
+            self.kv = nn.Linear(width, 2 * width, bias=bias)
         else:
-            self.qkv = Linear(width, 3 * width, bias=bias)
-        self.proj = Linear(width, width, bias=bias)
+            self.qkv = nn.Linear(width, 3 * width, bias=bias)
+        self.proj = nn.Linear(width, width, bias=bias)
 
     def _split_heads(self, t: Tensor) -> Tensor:
         B, N, _ = t.shape

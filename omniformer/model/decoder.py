@@ -8,10 +8,11 @@ a vocabulary shared with the backbone's text embedder, lets source and target sh
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import KVCache
-from .layers import Dropout, LayerNorm, dropout, linear
+from .layers import Dropout, LayerNorm, dropout
 from .transformer import Decoder
 
 Cache = list[tuple[KVCache, KVCache]]
@@ -34,7 +35,6 @@ class TextDecoder(nn.Module):
         self.drop = Dropout(dropout)
         self.decoder = Decoder(depth, width, heads, mlp_hidden, dropout, attn_dropout, norm, eps, activation)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
-        self._packs: dict = {}  # the output layer's packed weights (layers.linear)
 
     def new_cache(self) -> Cache:
         return self.decoder.new_cache()
@@ -49,7 +49,7 @@ class TextDecoder(nn.Module):
 
     def logits(self, states: Tensor) -> Tensor:
         """The vocabulary's scores for decoder states (..., W): the tied output layer."""
-        return linear(states, self.token.weight.to(states.dtype), self.bias.to(states.dtype), self._packs)
+        return F.linear(states, self.token.weight.to(states.dtype), self.bias.to(states.dtype))  # one addmm
 
     def states(self, tokens: Tensor, context: Tensor | None, context_mask: Tensor | None = None,
                mask: Tensor | None = None, positions: Tensor | None = None, cache: Cache | None = None) -> Tensor:

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .decoder import TextDecoder
-from .layers import packed_matmuls
 
 
 class GenerationError(ValueError):
@@ -298,9 +297,8 @@ def _steps(decoder: TextDecoder, start: _Start, cfg: GenerationConfig, stop_ids:
             ids = torch.cat([ids, token[:, None]], dim=1)
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(alive)[:, None]], dim=1)
-        with packed_matmuls():
-            logits = decoder(token[:, None], None, start.context_mask, mask=mask, positions=next_position,
-                             cache=cache)[:, -1]
+        logits = decoder(token[:, None], None, start.context_mask, mask=mask, positions=next_position,
+                         cache=cache)[:, -1]
         next_position = next_position + 1
 
 
@@ -349,6 +347,23 @@ def generate(decoder: TextDecoder, context: Tensor | None = None, context_mask: 
             for row, keep, score in zip(tokens.tolist(), kept.tolist(), scores.tolist())]
 
 
+def beam_candidates(scores: Tensor, beam_scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each row's best 2K continuations (score, beam, token), best first: ``scores`` (B*K, V) the
+    step's processed logits, ``beam_scores`` (B, K) the beams' log-probabilities so far.
+
+    A beam's score is the same for all its tokens, so each beam's best 2K tokens hold every
+    continuation of it that its row's best 2K can take: the row chooses among K * 2K, not
+    K * V, and the log-softmax is needed only as its normaliser (benchmarks/README.md, "The
+    beam's candidates").
+    """
+    B, K = beam_scores.shape
+    per_beam = min(2 * K, scores.size(1))
+    best, best_tokens = scores.topk(per_beam, dim=1)                                   # (B*K, 2K)
+    candidates = (best - scores.logsumexp(-1, keepdim=True) + beam_scores.reshape(-1, 1)).view(B, K * per_beam)
+    top, index = candidates.topk(min(2 * K, K * per_beam), dim=1)
+    return top, index // per_beam, best_tokens.view(B, K * per_beam).gather(1, index)
+
+
 def _beam_search(decoder: TextDecoder, start: _Start, cfg: GenerationConfig, stop_ids: Sequence[int],
                  banned_ids: Sequence[int]) -> list[Generated]:
     """Beam search as Hugging Face does it: 2K candidates a step, stop-token candidates ranked in
@@ -362,7 +377,6 @@ def _beam_search(decoder: TextDecoder, start: _Start, cfg: GenerationConfig, sto
     K beams of a row share its context: cross-attention reads it once for all of them.
     """
     K, B = cfg.num_beams, start.ids.size(0)
-    V = decoder.vocab_size
     expand = lambda t: None if t is None else t.repeat_interleave(K, dim=0)  # noqa: E731
     ids, real = expand(start.ids), expand(start.real)
     ctx, ctx_mask = start.context, start.context_mask  # (B, ...): see TextDecoder.forward
@@ -385,14 +399,7 @@ def _beam_search(decoder: TextDecoder, start: _Start, cfg: GenerationConfig, sto
     done = [False] * B
     penalty = lambda n: n ** cfg.length_penalty  # noqa: E731
     for made in range(cfg.max_new_tokens):
-        scores = process(logits.float(), ids, real, made)
-        # A beam's score is the same for all its tokens, so each beam's best 2K tokens hold every
-        # candidate of it that the row's best 2K can take: the row chooses among K * 2K, not K * V.
-        per_beam = min(2 * K, V)
-        best, best_tokens = scores.topk(per_beam, dim=1)                                # (B*K, 2K)
-        candidates = (best - scores.logsumexp(-1, keepdim=True) + beam_scores.view(-1, 1)).view(B, K * per_beam)
-        top, index = candidates.topk(min(2 * K, K * per_beam), dim=1)
-        beam, tok = index // per_beam, best_tokens.view(B, K * per_beam).gather(1, index)
+        top, beam, tok = beam_candidates(process(logits.float(), ids, real, made), beam_scores)
         length = made + 1
         new_scores, new_beams, new_tokens = top[:, :K].contiguous(), beam[:, :K].contiguous(), tok[:, :K].contiguous()
         slow = {b for b in range(B) if done[b] or len(finished[b]) == K}
@@ -430,8 +437,7 @@ def _beam_search(decoder: TextDecoder, start: _Start, cfg: GenerationConfig, sto
             mask = real
         for own, _cross in cache:  # beams of one row share a context: the cross caches need no reorder
             own.reorder(order)
-        with packed_matmuls():
-            logits = decoder(token[:, None], None, ctx_mask, mask=mask, positions=next_position, cache=cache)[:, -1]
+        logits = decoder(token[:, None], None, ctx_mask, mask=mask, positions=next_position, cache=cache)[:, -1]
         next_position = next_position + 1
     running, running_scores = ids[:, T0:].tolist(), beam_scores.tolist()
     out = []

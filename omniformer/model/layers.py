@@ -1,14 +1,7 @@
-"""Small building blocks: linear layers, feed-forward, positional encodings, layer norm."""
+"""Small building blocks: feed-forward, positional encodings, layer norm."""
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import threading
-import weakref
-from typing import Iterator
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 # nn.LayerNorm, constructed with the config's eps: ``LayerNorm(width, eps=cfg.layer_norm_eps)``.
@@ -52,81 +45,14 @@ def dropout(drop: nn.Dropout, x: Tensor) -> Tensor:
     return drop(x) if drop.training and drop.p > 0 else x
 
 
-# MKL's packed matrix products (the kernels torch.compile's freezing uses for float32 on a CPU).
-_MKL_PACKING = torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear")
-_PACKING = contextvars.ContextVar("omniformer_packed_matmuls", default=False)
-# Packed only between these row counts: below, a product is a memory-bound matrix-vector one that
-# the packed layout made slower in a decoding run; above, it gains little and each new row count
-# costs a pack (about the weight's own memory, and the time of one product).
-PACKED_MIN_ROWS, PACKED_MAX_ROWS = 4, 256
-PACKED_COUNTS = 2       # row counts kept packed per weight (the oldest is dropped)
-_PACKS_CHANGING = threading.Lock()
-
-
-@contextlib.contextmanager
-def packed_matmuls() -> Iterator[None]:
-    """Within it, ``linear`` on a CPU in float32 without gradients multiplies by weights MKL has
-    packed for the call's row count, kept per layer and packed again when the weight changes.
-    Why: a decoding step repeats the same small products many times, and packed they are faster
-    (benchmarks/README.md, "Packed weights for decoding"); elsewhere, and where MKL is absent,
-    nothing changes."""
-    token = _PACKING.set(_MKL_PACKING)
-    try:
-        yield
-    finally:
-        _PACKING.reset(token)
-
-
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None, packs: dict) -> Tensor:
-    """``F.linear(x, weight, bias)``; inside ``packed_matmuls()``, with ``weight`` packed for
-    ``x``'s row count and kept in ``packs`` (the owning layer's)."""
-    if torch.compiler.is_compiling() or not _PACKING.get() or torch.is_grad_enabled():
-        return F.linear(x, weight, bias)
-    rows = x.numel() // x.size(-1) if x.dim() and weight.dim() == 2 and x.size(-1) == weight.size(1) > 0 else 0
-    entry = packs.get(rows)
-    if entry is None or entry[0]() is not weight or entry[1] != weight._version:
-        if not _packable(x, weight, bias, rows):
-            return F.linear(x, weight, bias)
-        with _PACKS_CHANGING:  # the server decodes in several threads with one model
-            while len(packs) >= PACKED_COUNTS:
-                packs.pop(next(iter(packs)))
-            entry = packs[rows] = (weakref.ref(weight), weight._version,
-                                   torch.ops.mkl._mkl_reorder_linear_weight(weight, rows))
-    elif x.dtype is not torch.float32 or not x.is_cpu:
-        return F.linear(x, weight, bias)
-    return _mkl_linear(x.contiguous(), entry[2], weight, bias, rows)
-
-
-def _packable(x: Tensor, weight: Tensor, bias: Tensor | None, rows: int) -> bool:
-    return (PACKED_MIN_ROWS <= rows <= PACKED_MAX_ROWS and x.is_cpu and x.dtype is torch.float32 and weight.is_cpu
-            and weight.dtype is torch.float32 and type(weight) in (torch.Tensor, nn.Parameter)
-            and not weight.is_inference() and weight.is_contiguous()
-            and (bias is None or (bias.is_cpu and bias.dtype is torch.float32 and bias.dim() == 1)))
-
-
-_mkl_linear = torch.ops.mkl._mkl_linear.default if _MKL_PACKING else None
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` whose product is packed inside ``packed_matmuls()`` (see ``linear``); the
-    same parameters and state dict as ``nn.Linear``."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._packs: dict = {}
-
-    def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.bias, self._packs)
-
-
 class FeedForward(nn.Module):
     """fc1 -> activation -> fc2 -> dropout (the Transformer MLP)."""
 
     def __init__(self, width: int, hidden: int, activation: str = "gelu", dropout: float = 0.0):
         super().__init__()
-        self.fc1 = Linear(width, hidden)
+        self.fc1 = nn.Linear(width, hidden)
         self.act = activation_layer(activation)
-        self.fc2 = Linear(hidden, width)
+        self.fc2 = nn.Linear(hidden, width)
         self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from omniformer.model.decoder import TextDecoder
 from omniformer.model.fusion import init_weights
-from omniformer.model.generate import (GenerationConfig, GenerationError, banned_ngram_tokens, generate, row_argmax,
-                                       stream, top_p_filter)
+from omniformer.model.generate import (GenerationConfig, GenerationError, banned_ngram_tokens, beam_candidates,
+                                       generate, row_argmax, stream, top_p_filter)
 
 V, W, PAD, BOS, EOS = 13, 32, 0, 1, 2
 
@@ -301,3 +301,19 @@ def test_decoder_learns_to_reverse_a_source_and_every_strategy_decodes_it():
         got = generate(dec, ctx, mask, **kw, **strategy)
         exact = sum(g.tokens == w and g.stopped for g, w in zip(got, want)) / len(want)
         assert exact >= 0.9, (strategy, exact)
+
+
+@pytest.mark.parametrize("batch,beams,vocab", [(3, 4, 50), (2, 1, 7), (4, 3, 5), (1, 5, 8000)])
+def test_beam_candidates_are_the_best_of_all_beams_times_all_tokens(batch, beams, vocab):
+    g = torch.Generator().manual_seed(batch * beams)
+    scores = torch.randn(batch * beams, vocab, generator=g) * 3
+    scores[torch.rand(scores.shape, generator=g) < 0.2] = float("-inf")  # banned tokens
+    scores[:, 0] = 0.0                                                  # every beam keeps one token
+    beam_scores = -torch.rand(batch, beams, generator=g) * 5
+    beam_scores[0, 1:] = float("-inf")                                  # the first step: one live beam
+    top, beam, tok = beam_candidates(scores, beam_scores)
+    flat = (beam_scores.reshape(-1, 1) + F.log_softmax(scores, dim=-1)).view(batch, beams * vocab)
+    want, index = flat.topk(min(2 * beams, beams * vocab), dim=1)
+    assert torch.allclose(top, want, atol=1e-5)
+    live = want > float("-inf")
+    assert torch.equal(beam[live], (index // vocab)[live]) and torch.equal(tok[live], (index % vocab)[live])
